@@ -13,25 +13,35 @@ from qr_entropy._errors import (
     SourceLoadError,
     UnknownSourceError,
 )
+from qr_entropy._fallback import FallbackEntropySource
 from qr_entropy._health import HealthMonitor, HealthTestCutoffs
+from qr_entropy._registry import ENTRY_POINT_GROUP, EntropySourceRegistry, build_entropy_source
 from qr_entropy._settings import EntropySettings
+from qr_entropy.sources import MockUniformSource, SystemEntropySource, TimingNoiseSource
 
 __version__ = _version("qr-entropy")
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "EntropyBlock",
     "EntropyConfigError",
     "EntropyFetch",
     "EntropySettings",
     "EntropySource",
+    "EntropySourceRegistry",
     "EntropyUnavailableError",
+    "FallbackEntropySource",
     "HealthMonitor",
     "HealthStatus",
     "HealthTestCutoffs",
     "HealthTestFailure",
+    "MockUniformSource",
     "Provenance",
     "QREntropyError",
     "SourceLoadError",
+    "SystemEntropySource",
+    "TimingNoiseSource",
     "UnknownSourceError",
     "__version__",
+    "build_entropy_source",
 ]

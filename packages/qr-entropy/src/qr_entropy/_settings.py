@@ -75,22 +75,13 @@ class EntropySettings(BaseSettings):
             "0 gives exactly uniform bytes."
         ),
     )
-    timing_xor_fold: int = Field(
-        default=4,
-        ge=1,
-        le=64,
+    timing_min_entropy_per_read: float = Field(
+        default=0.5,
+        ge=MIN_ENTROPY_LOWER,
+        le=MIN_ENTROPY_UPPER,
         description=(
-            "Timer-delta parity bits XOR-ed into one raw bit of timing_noise before "
-            "von Neumann debiasing (more is slower and less correlated)."
-        ),
-    )
-    timing_max_reads_per_byte: int = Field(
-        default=100_000,
-        ge=64,
-        le=10_000_000,
-        description=(
-            "Timer reads per output byte after which timing_noise gives up and "
-            "reports itself unavailable (a clock with no jitter)."
+            "Claimed min-entropy of one timer delta of timing_noise, in bits; sets how "
+            "many deltas feed each SHA-256 output and the raw-delta health-test cutoffs."
         ),
     )
     health_false_alarm_rate: float = Field(
