@@ -38,9 +38,11 @@ def generate(out_dir: Path) -> None:
     Raises:
         RuntimeError: protoc failed.
     """
-    from grpc_tools import protoc  # dev dependency; imported here so --help works without it
+    # A dev dependency, imported here so --help works without it.
+    from grpc_tools import protoc  # noqa: PLC0415
 
-    include = Path(protoc.__file__).parent / "_proto"  # well-known types shipped with grpcio-tools
+    # The well-known .proto files shipped inside grpcio-tools.
+    include = Path(protoc.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",
         f"-I{SRC_ROOT}",

@@ -1,0 +1,141 @@
+"""Round-trip latency of QuantumGrpcSource per mode and transport, against os.urandom.
+
+One command:
+
+    uv run --frozen --no-sync python benchmarks/bench_grpc.py [--quick]
+
+Starts ``qr-entropy-server --source system`` as a separate process on loopback TCP and on
+a Unix socket, then times ``get_random_bytes`` (one request, one response, length
+checked) for 20,480 bytes and for 64 x 20,480 bytes in each mode. The floor is
+``os.urandom`` of the same size, timed in the same run, so the "over floor" column is the
+cost of the transport. A last section times ``fetch_block`` (what the logits processor
+calls), which adds the client-side SP 800-90B health tests.
+
+Target (issue #4): bidi_streaming over a Unix socket within 300 µs p50 of the floor for a
+20,480-byte fetch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from qr_grpc import GrpcSettings, QuantumGrpcSource
+
+SMALL = 20_480
+ROWS = 64
+MODES = ("unary", "server_streaming", "bidi_streaming")
+TARGET_US = 300.0
+
+
+def _start_server(address: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qr_grpc.server", "--source", "system", "--address", address],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "event=serving" in line:
+            bound = line.split("address=", 1)[1].split()[0]
+            return proc, bound
+    raise RuntimeError(f"server on {address} did not start (exit {proc.wait()})")
+
+
+def _time(fn: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(iterations)
+    clock = time.perf_counter_ns
+    for i in range(iterations):
+        t0 = clock()
+        fn()
+        out[i] = clock() - t0
+    return out / 1000.0  # µs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
+    args = parser.parse_args(argv)
+    iterations = {SMALL: 30, ROWS * SMALL: 10} if args.quick else {SMALL: 2000, ROWS * SMALL: 200}
+    warmup = 5 if args.quick else 100
+
+    tmp = tempfile.mkdtemp(prefix="qr-bench-")
+    servers = []
+    try:
+        tcp_proc, tcp_addr = _start_server("127.0.0.1:0")
+        servers.append(tcp_proc)
+        unix_proc, unix_addr = _start_server(f"unix://{Path(tmp) / 'bench.sock'}")
+        servers.append(unix_proc)
+
+        rows: list[tuple[str, str, int, float, float, float]] = []
+        floor: dict[int, tuple[float, float]] = {}
+        for size, count in iterations.items():
+            lat = _time(lambda size=size: os.urandom(size), count, warmup)
+            floor[size] = (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+            rows.append(("os.urandom (floor)", "-", size, *floor[size], 0.0))
+
+        for transport, address in (("tcp", tcp_addr), ("unix", unix_addr)):
+            for mode in MODES:
+                source = QuantumGrpcSource(
+                    GrpcSettings(grpc_server_address=address, grpc_mode=mode)
+                )
+                try:
+                    for size, count in iterations.items():
+                        lat = _time(lambda s=source, n=size: s.get_random_bytes(n), count, warmup)
+                        p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+                        rows.append((mode, transport, size, p50, p99, p50 - floor[size][0]))
+                finally:
+                    source.close()
+
+        block_rows = []
+        source = QuantumGrpcSource(
+            GrpcSettings(grpc_server_address=unix_addr, grpc_mode="bidi_streaming")
+        )
+        try:
+            for rows_n, count in ((1, iterations[SMALL]), (ROWS, iterations[ROWS * SMALL])):
+                lat = _time(lambda s=source, r=rows_n: s.fetch_block(r, SMALL), count, warmup)
+                block_rows.append(
+                    (rows_n, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+                )
+        finally:
+            source.close()
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.wait(10)
+
+    print(
+        "QuantumGrpcSource.get_random_bytes round trip (µs); "
+        f"{'quick' if args.quick else 'full'} run"
+    )
+    header = (
+        f"{'mode':<20} {'transport':<9} {'bytes':>9} {'p50':>9} {'p99':>9} {'p50 over floor':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for mode, transport, size, p50, p99, over in rows:
+        print(f"{mode:<20} {transport:<9} {size:>9,} {p50:>9.1f} {p99:>9.1f} {over:>15.1f}")
+    print()
+    print("fetch_block(rows, 20,480) over bidi_streaming + unix, with client health tests (µs)")
+    for rows_n, p50, p99 in block_rows:
+        print(f"  rows={rows_n:<3} p50={p50:9.1f} p99={p99:9.1f}")
+    target = next(r for r in rows if r[0] == "bidi_streaming" and r[1] == "unix" and r[2] == SMALL)
+    verdict = "met" if target[5] <= TARGET_US else "MISSED"
+    print(
+        f"\ntarget: bidi_streaming/unix 20,480 B p50 within {TARGET_US:.0f} µs of the floor: "
+        f"{target[5]:.1f} µs ({verdict})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

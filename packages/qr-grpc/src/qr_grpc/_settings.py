@@ -1,0 +1,152 @@
+"""Settings of the gRPC client source, read from ``QR_GRPC_*`` / ``QR_CB_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_METHOD_PATH", "DEFAULT_STREAM_METHOD_PATH", "GrpcMode", "GrpcSettings"]
+
+DEFAULT_METHOD_PATH = "/qr_entropy.EntropyService/GetEntropy"
+DEFAULT_STREAM_METHOD_PATH = "/qr_entropy.EntropyService/StreamEntropy"
+
+GrpcMode = Literal["unary", "server_streaming", "bidi_streaming"]
+
+
+class GrpcSettings(BaseSettings):
+    """How `QuantumGrpcSource` reaches its server and when it gives up on it.
+
+    Every field is read from ``QR_<FIELD_NAME>`` (``QR_GRPC_SERVER_ADDRESS``,
+    ``QR_CB_WINDOW_SIZE``...) or a ``.env`` file in the working directory; keyword
+    arguments win over both. Unknown ``QR_*`` keys are ignored so one ``.env`` serves
+    every qr-sampler package.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="QR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    grpc_server_address: str = Field(
+        default="localhost:50051",
+        description="Server address: 'host:port', '[ipv6]:port' or 'unix:///absolute/path'.",
+    )
+    grpc_timeout_ms: float = Field(
+        default=5000.0,
+        gt=0,
+        le=600_000,
+        description="Upper bound of each request's timeout; the adaptive timeout never exceeds it.",
+    )
+    grpc_retry_count: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Extra attempts after a transport failure (connection lost or refused).",
+    )
+    grpc_mode: GrpcMode = Field(
+        default="unary",
+        description="Transport mode: 'unary', 'server_streaming' or 'bidi_streaming'.",
+    )
+    grpc_method_path: str = Field(
+        default=DEFAULT_METHOD_PATH,
+        description="Full path of the unary method ('/package.Service/Method').",
+    )
+    grpc_stream_method_path: str = Field(
+        default=DEFAULT_STREAM_METHOD_PATH,
+        description="Full path of the bidi streaming method; empty disables the streaming modes.",
+    )
+    grpc_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="API key sent in request metadata; empty sends none. Never logged.",
+    )
+    grpc_api_key_header: str = Field(
+        default="api-key",
+        description="Metadata header that carries the API key (lowercase, not ending in -bin).",
+    )
+    grpc_tls: bool = Field(
+        default=False,
+        description="Use TLS even without a CA file (the system's trusted roots check the server).",
+    )
+    grpc_tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the server certificate (enables TLS).",
+    )
+    grpc_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM client certificate for mutual TLS (needs grpc_tls_key_file).",
+    )
+    grpc_tls_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key of the client certificate (needs grpc_tls_cert_file).",
+    )
+    grpc_tls_server_name: str = Field(
+        default="",
+        description=(
+            "Name to check in the server certificate instead of the address host "
+            "(needed for Unix sockets and IP literals whose certificate names a host)."
+        ),
+    )
+    grpc_max_message_bytes: int = Field(
+        default=64 * 1024 * 1024 + 64 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description=(
+            "Largest gRPC message the client sends or accepts; must exceed the largest fetch "
+            "(rows × bytes per row) plus a few bytes of framing."
+        ),
+    )
+    cb_window_size: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Latencies kept in the rolling window of the circuit breaker's P99.",
+    )
+    cb_min_timeout_ms: float = Field(
+        default=5.0,
+        gt=0,
+        description="Floor of the adaptive timeout in milliseconds.",
+    )
+    cb_timeout_multiplier: float = Field(
+        default=1.5,
+        gt=0,
+        description="The adaptive timeout is max(cb_min_timeout_ms, P99 × this multiplier).",
+    )
+    cb_recovery_window_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds the open breaker waits before letting one probe request through.",
+    )
+    cb_max_consecutive_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failed requests that open the circuit breaker.",
+    )
+
+    @field_validator("grpc_method_path", "grpc_stream_method_path")
+    @classmethod
+    def _check_method_path(cls, value: str) -> str:
+        value = value.strip()
+        if value == "":
+            return value
+        parts = value.split("/")
+        if len(parts) != 3 or parts[0] != "" or not parts[1] or not parts[2]:
+            raise ValueError(f"method path {value!r} must look like '/package.Service/Method'")
+        return value
+
+    @field_validator("grpc_api_key_header")
+    @classmethod
+    def _check_header(cls, value: str) -> str:
+        # gRPC metadata keys are lowercase ASCII; '-bin' marks binary values, not strings.
+        allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+        if not value or not set(value) <= allowed or value.endswith("-bin") or value[0] == ":":
+            raise ValueError(
+                f"grpc_api_key_header {value!r} must be a lowercase metadata key of "
+                "[a-z0-9-_.] not ending in '-bin'"
+            )
+        return value
