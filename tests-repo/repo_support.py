@@ -8,6 +8,7 @@ the deployment files and the built wheels. They run in the vLLM environment
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,25 @@ PACKAGES = ("qr-core", "qr-entropy", "qr-grpc", "qr-vllm")
 
 
 def uv_command() -> list[str]:
-    """The command that runs uv here: `uv` on PATH, else `python -m uv`.
+    """The command that runs uv here: `uv` on PATH, else `python -m uv` (this or python3).
 
     Fails the test (never skips it) when uv is missing: every set-up path of
-    this repository installs it, so its absence is a broken environment.
+    this repository installs it (scripts/test with `pip install uv` if needed),
+    so its absence is a broken environment.
     """
     found = shutil.which("uv")
     if found:
         return [found]
-    try:
-        import uv  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        pytest.fail("uv is needed by the repository tests: pip install 'uv>=0.9,<1'")
-    return [sys.executable, "-m", "uv"]
+    for python in (sys.executable, shutil.which("python3")):
+        if (
+            python
+            and subprocess.run(
+                [python, "-m", "uv", "--version"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ):
+            return [python, "-m", "uv"]
+    pytest.fail("uv is needed by the repository tests: pip install 'uv>=0.9,<1'")
 
 
 def load_toml(path: Path) -> dict[str, Any]:
