@@ -131,7 +131,22 @@ def _fill_template(folder: Path) -> None:
     (folder / "my_qrng_server.py").write_text(fill_template(source.read_text()))
 
 
-SETUPS: dict[str, Callable[[Path], None]] = {"template": _fill_template}
+def _records(folder: Path) -> None:
+    """Real records to analyse: the demo's tiny model with bytes from a local gRPC server."""
+    result = subprocess.run(
+        ["qr-vllm", "demo", "--max-tokens", "8", "--records", "tokens.jsonl"],
+        cwd=folder,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=BLOCK_TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"qr-vllm demo failed:\n{result.stdout}\n{result.stderr}"
+    assert (folder / "tokens.jsonl").stat().st_size > 0
+
+
+SETUPS: dict[str, Callable[[Path], None]] = {"template": _fill_template, "records": _records}
 
 
 def _environment() -> dict[str, str]:
