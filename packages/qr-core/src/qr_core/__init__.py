@@ -1,7 +1,75 @@
-"""qr_core."""
+"""qr_core: the math of qr-sampler.
+
+Signal amplifiers turn raw random bytes into a uniform value u, temperature
+strategies choose a temperature from the logits, and the token selector maps
+u through the filtered, probability-ordered CDF to a token. Pure numpy;
+torch tensors (CPU or GPU) are accepted too, and torch is imported only when
+one is handed in.
+"""
+
+from __future__ import annotations
 
 from importlib.metadata import version as _version
 
+from qr_core._errors import (
+    QRCoreError,
+    SignalAmplificationError,
+    TemperatureStrategyError,
+    TokenSelectionError,
+    UnknownComponentError,
+)
+from qr_core._selection import (
+    DEFAULT_HEAD_SIZE,
+    BatchSelectionResult,
+    SelectionResult,
+    TokenSelector,
+)
+from qr_core.amplification import (
+    DEFAULT_UNIFORM_CLAMP_EPSILON,
+    POPULATION_MEAN,
+    POPULATION_STD,
+    AmplificationResult,
+    AmplifierRegistry,
+    BatchAmplificationResult,
+    SignalAmplifier,
+    ZScoreMeanAmplifier,
+)
+from qr_core.temperature import (
+    BatchTemperatureResult,
+    EDTTemperatureStrategy,
+    FixedTemperatureStrategy,
+    TemperatureResult,
+    TemperatureStrategy,
+    TemperatureStrategyRegistry,
+    compute_shannon_entropy,
+)
+
 __version__ = _version("qr-core")
 
-__all__ = ["__version__"]
+__all__ = [
+    "DEFAULT_HEAD_SIZE",
+    "DEFAULT_UNIFORM_CLAMP_EPSILON",
+    "POPULATION_MEAN",
+    "POPULATION_STD",
+    "AmplificationResult",
+    "AmplifierRegistry",
+    "BatchAmplificationResult",
+    "BatchSelectionResult",
+    "BatchTemperatureResult",
+    "EDTTemperatureStrategy",
+    "FixedTemperatureStrategy",
+    "QRCoreError",
+    "SelectionResult",
+    "SignalAmplificationError",
+    "SignalAmplifier",
+    "TemperatureResult",
+    "TemperatureStrategy",
+    "TemperatureStrategyError",
+    "TemperatureStrategyRegistry",
+    "TokenSelectionError",
+    "TokenSelector",
+    "UnknownComponentError",
+    "ZScoreMeanAmplifier",
+    "__version__",
+    "compute_shannon_entropy",
+]
