@@ -1,6 +1,7 @@
 """The grpc.aio side of the client: channel, the three transport modes, health probe.
 
-Everything here runs on the source's background event loop. Failures come out as
+Everything here runs on the source's background event loop, except
+`BidiSession.request`, which the fetching thread calls directly. Failures come out as
 `FetchFailure` with a kind that tells the source what to do next: a timeout feeds the
 breaker a latency sample, a transport failure rebuilds the channel and may be retried, a
 rejection or protocol error is final for this fetch.
@@ -9,9 +10,11 @@ rejection or protocol error is final for this fetch.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,13 +26,22 @@ from grpc_health.v1 import health_pb2
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 from qr_grpc._settings import GrpcMode
 
-__all__ = ["AioTransport", "FailureKind", "FetchFailure", "TransportConfig"]
+__all__ = [
+    "AioTransport",
+    "BidiSession",
+    "FailureKind",
+    "FetchFailure",
+    "TransportConfig",
+    "check_length",
+]
 
 logger = logging.getLogger(__name__)
 
 FailureKind = Literal["timeout", "transport", "rejected", "protocol"]
 
 _HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+# How long a failed bidi write waits for the reader to learn the server's status.
+_READER_GRACE_S = 1.0
 # Codes that mean the connection, not the server's judgement, failed: rebuild the channel.
 # CANCELLED is what a call in flight sees when another fetch rebuilt the channel under it.
 _TRANSPORT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
@@ -74,6 +86,15 @@ class TransportConfig:
     options: tuple[tuple[str, Any], ...]
 
 
+def check_length(response: EntropyResponse, n: int) -> None:
+    """Raise a protocol failure unless the payload has exactly n bytes (ERRATA §11)."""
+    if len(response.data) != n:
+        # A wrong length is a failure of the source, not a short sample.
+        raise FetchFailure(
+            "protocol", f"server returned {len(response.data)} bytes for a request of {n} bytes"
+        )
+
+
 def _classify(error: grpc.aio.AioRpcError, what: str) -> FetchFailure:
     code = error.code()
     detail = f"{what}: {code.name} {error.details() or ''}".rstrip()
@@ -84,21 +105,58 @@ def _classify(error: grpc.aio.AioRpcError, what: str) -> FetchFailure:
     return FetchFailure("rejected", detail)
 
 
-class _BidiSession:
+class BidiSession:
     """One long-lived StreamEntropy call shared by every fetch of the source.
 
     Requests carry increasing sequence ids; a reader task hands each response to the
     waiter with the same id, so concurrent fetches never receive each other's bytes.
     A server that does not echo ids (sequence_id 0) is answered in order, oldest first,
     which is what an ordered stream gives.
+
+    `request` is called from the fetching thread, not the loop: it queues the request for
+    a writer task with one ``call_soon_threadsafe`` and waits on a
+    ``concurrent.futures.Future`` that the reader task resolves. That is one wake-up each
+    way and no task, asyncio future or timer per fetch, which is most of the client-side
+    cost of a round trip (see benchmarks/bench_grpc.py). The timeout is the wait's.
+
+    Build it with `open` on the loop.
     """
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, generation: int) -> None:
         self._call = call
-        self._pending: dict[int, asyncio.Future[EntropyResponse]] = {}
-        self._write_lock = asyncio.Lock()
+        self.generation = generation
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[int, EntropyRequest] | None] = asyncio.Queue()
+        self._pending: dict[int, concurrent.futures.Future[EntropyResponse]] = {}
+        self._lock = threading.Lock()  # orders sequence ids, pending entries and writes
+        self._seq = itertools.count(1)
         self.failure: FetchFailure | None = None
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        self._reader = self._loop.create_task(self._read_loop())
+        self._writer = self._loop.create_task(self._write_loop())
+
+    @classmethod
+    async def open(cls, stream: Any, metadata: Any, generation: int) -> BidiSession:
+        """Start the call and its reader and writer tasks (on the loop)."""
+        return cls(stream(metadata=metadata), generation)
+
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            try:
+                await self._call.write(item[1])
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                # The call ended under the write (a refusal, a dead server). The reader
+                # gets the server's own status; give it a moment before reporting ours.
+                await asyncio.wait([self._reader], timeout=_READER_GRACE_S)
+                detail = (
+                    _classify(error, "bidi write")
+                    if isinstance(error, grpc.aio.AioRpcError)
+                    else FetchFailure("transport", "bidi stream finished")
+                )
+                self._fail(detail)
+                return
 
     async def _read_loop(self) -> None:
         try:
@@ -108,11 +166,12 @@ class _BidiSession:
                     self._fail(FetchFailure("transport", "bidi stream closed by the server"))
                     return
                 seq = response.sequence_id
-                if seq == 0 and self._pending:
-                    seq = next(iter(self._pending))
-                waiter = self._pending.pop(seq, None)
-                if waiter is None or waiter.done():
-                    # The fetch already timed out; its late bytes must not reach anyone else.
+                with self._lock:
+                    if seq == 0 and self._pending:
+                        seq = next(iter(self._pending))
+                    waiter = self._pending.pop(seq, None)
+                if waiter is None:
+                    # That fetch already timed out; its late bytes must not reach anyone else.
                     logger.debug("discarding late bidi response sequence_id=%d", seq)
                     continue
                 waiter.set_result(response)
@@ -123,43 +182,47 @@ class _BidiSession:
             raise
 
     def _fail(self, failure: FetchFailure) -> None:
-        self.failure = failure
-        pending, self._pending = self._pending, {}
+        with self._lock:
+            if self.failure is None:
+                self.failure = failure
+            pending, self._pending = self._pending, {}
         for waiter in pending.values():
-            if not waiter.done():
-                waiter.set_exception(failure)
+            waiter.set_exception(FetchFailure(failure.kind, failure.detail))
 
-    async def request(self, n: int, seq: int, timeout_s: float) -> EntropyResponse:
-        if self.failure is not None:
-            raise FetchFailure(self.failure.kind, self.failure.detail)
-        waiter: asyncio.Future[EntropyResponse] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = waiter
+    def request(self, n: int, timeout_s: float) -> EntropyResponse:
+        """Send one request on the stream and wait for its response (any thread but the loop's).
+
+        Raises:
+            FetchFailure: Timeout, or the stream failed (``transport`` / ``rejected``).
+        """
+        waiter: concurrent.futures.Future[EntropyResponse] = concurrent.futures.Future()
+        with self._lock:
+            if self.failure is not None:
+                raise FetchFailure(self.failure.kind, self.failure.detail)
+            seq = next(self._seq)
+            self._pending[seq] = waiter
+            # Inside the lock so writes leave in sequence order (the FIFO fallback needs it).
+            self._loop.call_soon_threadsafe(
+                self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq))
+            )
         try:
-            # The write is a few bytes and is not put under the timeout: cancelling a
-            # write cancels the whole call, which would fail every other pending fetch.
-            async with self._write_lock:
-                try:
-                    await self._call.write(EntropyRequest(bytes_needed=n, sequence_id=seq))
-                except grpc.aio.AioRpcError as error:
-                    raise _classify(error, "bidi write") from None
-                except asyncio.InvalidStateError:
-                    raise self.failure or FetchFailure(
-                        "transport", "bidi stream already finished"
-                    ) from None
-            try:
-                return await asyncio.wait_for(waiter, timeout_s)
-            except asyncio.TimeoutError:
-                raise FetchFailure(
-                    "timeout", f"bidi response not received within {timeout_s * 1000:.1f} ms"
-                ) from None
+            return waiter.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise FetchFailure(
+                "timeout", f"bidi response not received within {timeout_s * 1000:.1f} ms"
+            ) from None
         finally:
-            self._pending.pop(seq, None)
+            with self._lock:
+                self._pending.pop(seq, None)
 
     async def close(self) -> None:
+        """Cancel the call and its tasks (on the loop)."""
+        self._queue.put_nowait(None)
         self._call.cancel()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        for task in (self._reader, self._writer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class AioTransport:
@@ -179,8 +242,9 @@ class AioTransport:
         self._channel: Any = None
         self._unary: Any = None
         self._stream: Any = None
+        self._server_stream: Any = None
         self._health: Any = None
-        self._bidi: _BidiSession | None = None
+        self._bidi: BidiSession | None = None
         self._seq = itertools.count(1)
         self._generation = 0
 
@@ -211,6 +275,11 @@ class AioTransport:
             request_serializer=EntropyRequest.SerializeToString,
             response_deserializer=EntropyResponse.FromString,
         )
+        self._server_stream = channel.unary_stream(
+            cfg.stream_method_path,
+            request_serializer=EntropyRequest.SerializeToString,
+            response_deserializer=EntropyResponse.FromString,
+        )
         self._health = channel.unary_unary(
             _HEALTH_CHECK_PATH,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -221,7 +290,7 @@ class AioTransport:
         logger.debug("opened grpc channel target=%s mode=%s", cfg.target, cfg.mode)
 
     async def fetch(self, n: int, timeout_s: float) -> EntropyResponse:
-        """Fetch exactly n bytes with one request.
+        """Fetch exactly n bytes with one unary or server-streaming request.
 
         Args:
             n: Bytes to ask for.
@@ -235,35 +304,43 @@ class AioTransport:
         """
         self._ensure_channel()
         generation = self._generation
-        mode = self._config.mode
-        seq = next(self._seq)
         try:
-            if mode == "unary":
-                response = await self._fetch_unary(n, seq, timeout_s)
-            elif mode == "server_streaming":
-                response = await self._fetch_server_streaming(n, seq, timeout_s)
+            if self._config.mode == "unary":
+                response = await self._fetch_unary(n, timeout_s)
             else:
-                response = await self._fetch_bidi(n, seq, timeout_s)
+                response = await self._fetch_server_streaming(n, timeout_s)
         except FetchFailure as failure:
-            # Rebuild on transport failures only, and only the channel this fetch used:
-            # concurrent fetches failing together must not tear down each other's
-            # replacement. A server's "no" (auth, bad argument) keeps the channel.
-            if failure.kind == "transport" and generation == self._generation:
-                logger.debug("rebuilding grpc channel after: %s", failure.detail)
-                await self.reset()
+            await self.reset_after(failure, generation)
             raise
-        if len(response.data) != n:
-            # ERRATA §11: a wrong length is a failure of the source, not a short sample.
-            raise FetchFailure(
-                "protocol",
-                f"server returned {len(response.data)} bytes for a request of {n} bytes",
-            )
+        check_length(response, n)
         return response
 
-    async def _fetch_unary(self, n: int, seq: int, timeout_s: float) -> EntropyResponse:
+    async def bidi_session(self) -> BidiSession:
+        """The live bidi session, opening the channel and a new stream when needed."""
+        session = self._bidi
+        if session is not None and session.failure is None:
+            return session
+        if session is not None:
+            await session.close()
+        self._ensure_channel()
+        self._bidi = await BidiSession.open(self._stream, self._config.metadata, self._generation)
+        return self._bidi
+
+    async def reset_after(self, failure: FetchFailure, generation: int) -> None:
+        """Rebuild after a transport failure of the channel ``generation``.
+
+        Only transport failures rebuild, and only the channel the failed fetch used:
+        concurrent fetches failing together must not tear down each other's replacement.
+        A server's "no" (auth, bad argument), a timeout or a bad payload keeps the channel.
+        """
+        if failure.kind == "transport" and generation == self._generation:
+            logger.debug("rebuilding grpc channel after: %s", failure.detail)
+            await self.reset()
+
+    async def _fetch_unary(self, n: int, timeout_s: float) -> EntropyResponse:
         try:
             response: EntropyResponse = await self._unary(
-                EntropyRequest(bytes_needed=n, sequence_id=seq),
+                EntropyRequest(bytes_needed=n, sequence_id=next(self._seq)),
                 timeout=timeout_s,
                 metadata=self._config.metadata,
             )
@@ -271,39 +348,29 @@ class AioTransport:
             raise _classify(error, "unary call") from None
         return response
 
-    async def _fetch_server_streaming(self, n: int, seq: int, timeout_s: float) -> EntropyResponse:
-        call = self._stream(timeout=timeout_s, metadata=self._config.metadata)
+    async def _fetch_server_streaming(self, n: int, timeout_s: float) -> EntropyResponse:
+        # One request then half-close, on the bidi method: on the wire that is exactly a
+        # unary-stream call, so it is issued as one (request, metadata and half-close go
+        # out in one batch, and a server that refuses the call reports its own status
+        # instead of a write racing its close).
+        call = self._server_stream(
+            EntropyRequest(bytes_needed=n, sequence_id=next(self._seq)),
+            timeout=timeout_s,
+            metadata=self._config.metadata,
+        )
         try:
-            await call.write(EntropyRequest(bytes_needed=n, sequence_id=seq))
-            await call.done_writing()
             response = await call.read()
             if response is grpc.aio.EOF:
                 raise FetchFailure("protocol", "stream ended without a response")
             # Drain to the status so the short-lived stream ends cleanly on both sides.
-            extra = await call.read()
-            if extra is not grpc.aio.EOF:
+            if await call.read() is not grpc.aio.EOF:
                 raise FetchFailure("protocol", "server sent more than one response")
         except grpc.aio.AioRpcError as error:
             raise _classify(error, "server-streaming call") from None
-        except asyncio.InvalidStateError:
-            # A write after the server already ended the call; read() has its status.
-            try:
-                await call.read()
-            except grpc.aio.AioRpcError as error:
-                raise _classify(error, "server-streaming call") from None
-            raise FetchFailure("transport", "stream finished before the request") from None
         finally:
             call.cancel()  # no-op on a finished call; frees it on any failure path
         result: EntropyResponse = response
         return result
-
-    async def _fetch_bidi(self, n: int, seq: int, timeout_s: float) -> EntropyResponse:
-        session = self._bidi
-        if session is None or session.failure is not None:
-            if session is not None:
-                await session.close()
-            session = self._bidi = _BidiSession(self._stream(metadata=self._config.metadata))
-        return await session.request(n, seq, timeout_s)
 
     async def health(self, timeout_s: float, service: str = "") -> str:
         """Ask the server's standard gRPC health service.
@@ -335,7 +402,7 @@ class AioTransport:
         self._generation += 1
         session, self._bidi = self._bidi, None
         channel, self._channel = self._channel, None
-        self._unary = self._stream = self._health = None
+        self._unary = self._stream = self._server_stream = self._health = None
         if session is not None:
             await session.close()
         if channel is not None:

@@ -16,7 +16,13 @@ from qr_grpc._errors import CircuitOpenError, GrpcConfigError, GrpcEntropyUnavai
 from qr_grpc._loop import LoopThread
 from qr_grpc._proto.entropy_service_pb2 import EntropyResponse
 from qr_grpc._settings import GrpcSettings
-from qr_grpc._transport import AioTransport, FetchFailure, TransportConfig
+from qr_grpc._transport import (
+    AioTransport,
+    BidiSession,
+    FetchFailure,
+    TransportConfig,
+    check_length,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -144,6 +150,7 @@ class QuantumGrpcSource(EntropySource):
             )
         )
         self._loop = LoopThread("qr-grpc-client")
+        self._bidi: BidiSession | None = None
         self._closed = False
 
     # -- construction from settings -------------------------------------------
@@ -261,9 +268,7 @@ class QuantumGrpcSource(EntropySource):
             timeout_s = self._breaker.timeout_s(self._timeout_ceiling_s, n)
             started = time.perf_counter()
             try:
-                response = self._loop.run(
-                    self._transport.fetch(n, timeout_s), timeout_s + _LOOP_GRACE_S
-                )
+                response = self._attempt(n, timeout_s)
             except FetchFailure as failure:
                 last = failure
                 self._breaker.record_failure(timeout_s if failure.kind == "timeout" else None, n)
@@ -283,6 +288,20 @@ class QuantumGrpcSource(EntropySource):
             f"quantum_grpc {self._settings.grpc_mode} fetch of {n} bytes from "
             f"{self._address} failed after {attempt} attempt(s): {last.detail}"
         )
+
+    def _attempt(self, n: int, timeout_s: float) -> EntropyResponse:
+        if self._settings.grpc_mode != "bidi_streaming":
+            return self._loop.run(self._transport.fetch(n, timeout_s), timeout_s + _LOOP_GRACE_S)
+        session = self._bidi
+        if session is None or session.failure is not None:
+            session = self._bidi = self._loop.run(self._transport.bidi_session())
+        try:
+            response = session.request(n, timeout_s)
+        except FetchFailure as failure:
+            self._loop.run(self._transport.reset_after(failure, session.generation))
+            raise
+        check_length(response, n)
+        return response
 
     def _log_transition(self, before: CircuitState, detail: str) -> None:
         after = self._breaker.state
