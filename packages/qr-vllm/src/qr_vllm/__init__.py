@@ -1,7 +1,58 @@
-"""qr_vllm."""
+"""qr_vllm: the vLLM logits processor that samples every token with fresh external entropy.
+
+Importing this package is cheap and has no side effects: the processor class
+(which needs vLLM and torch) is imported on first access.
+"""
+
+from __future__ import annotations
 
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING, Any
+
+from qr_vllm._compat import SUPPORTED_VLLM, check_vllm_version
+from qr_vllm._config import (
+    INFRASTRUCTURE_FIELDS,
+    PER_REQUEST_FIELDS,
+    QRSamplerConfig,
+    config_hash,
+    resolve_config,
+)
+from qr_vllm._errors import ConfigValidationError, QRVllmError, UnsupportedVllmError
+from qr_vllm._logger import SamplingLogger
+from qr_vllm._records import TokenSamplingRecord
+from qr_vllm._sink import JsonlRecordSink
+from qr_vllm._tiny_model import TinyModelSpec, build_tiny_model
+
+if TYPE_CHECKING:
+    from qr_vllm.processor import QRSamplerLogitsProcessor
 
 __version__ = _version("qr-vllm")
 
-__all__ = ["__version__"]
+__all__ = [
+    "INFRASTRUCTURE_FIELDS",
+    "PER_REQUEST_FIELDS",
+    "SUPPORTED_VLLM",
+    "ConfigValidationError",
+    "JsonlRecordSink",
+    "QRSamplerConfig",
+    "QRSamplerLogitsProcessor",
+    "QRVllmError",
+    "SamplingLogger",
+    "TinyModelSpec",
+    "TokenSamplingRecord",
+    "UnsupportedVllmError",
+    "__version__",
+    "build_tiny_model",
+    "check_vllm_version",
+    "config_hash",
+    "resolve_config",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The processor pulls in vLLM and torch; only those who use it pay for the import.
+    if name == "QRSamplerLogitsProcessor":
+        from qr_vllm.processor import QRSamplerLogitsProcessor  # noqa: PLC0415 -- lazy by design
+
+        return QRSamplerLogitsProcessor
+    raise AttributeError(f"module 'qr_vllm' has no attribute {name!r}")

@@ -1,0 +1,305 @@
+"""The processor's configuration: `QRSamplerConfig` and per-request resolution.
+
+One pydantic-settings model holds everything: the entropy settings of qr_entropy
+(composed by inheritance), the sampling fields, and qr-vllm's own
+infrastructure (records, logging). Values come from keyword arguments, then
+``QR_*`` environment variables, then a ``.env`` file, then the defaults.
+
+A request overrides the sampling fields only, through ``qr_*`` keys of
+``SamplingParams.extra_args``. Resolution validates the merged values and
+builds a new model; the defaults are never mutated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from qr_core import DEFAULT_UNIFORM_CLAMP_EPSILON, POPULATION_MEAN, POPULATION_STD
+from qr_entropy import EntropySettings
+
+from qr_vllm._errors import ConfigValidationError
+
+__all__ = [
+    "EXTRA_ARGS_PREFIX",
+    "INFRASTRUCTURE_FIELDS",
+    "PER_REQUEST_FIELDS",
+    "LogLevel",
+    "QRSamplerConfig",
+    "config_hash",
+    "request_overrides",
+    "resolve_config",
+]
+
+#: Prefix of the per-request keys in ``SamplingParams.extra_args``.
+EXTRA_ARGS_PREFIX = "qr_"
+
+LogLevel = Literal["none", "summary", "full"]
+
+#: Longest accepted ``qr_session`` / ``qr_label``: they are copied into every record.
+MAX_TAG_LENGTH = 256
+
+#: Most bytes one token may ask for (1 MiB): far above any useful amplification,
+#: low enough that one request cannot make every step of the engine fetch gigabytes.
+MAX_SAMPLE_COUNT = 1024 * 1024
+
+
+class QRSamplerConfig(EntropySettings):
+    """Every setting of the qr-sampler processor (environment prefix ``QR_``).
+
+    The entropy fields (``entropy_source_type``, ``fallback_mode``, ``mock_*``,
+    ``timing_*``, ``health_*``, ``max_request_bytes``) come from
+    `qr_entropy.EntropySettings`; gRPC settings (``QR_GRPC_*``, ``QR_CB_*``) are
+    read by the gRPC source itself. Fields in `PER_REQUEST_FIELDS` may be
+    overridden per request with ``qr_<field>`` keys in ``extra_args``.
+    """
+
+    # --- sampling (per-request overridable) ---------------------------------
+    signal_amplifier_type: str = Field(
+        default="zscore_mean", min_length=1, description="Amplifier name in qr_core's registry."
+    )
+    sample_count: int = Field(
+        default=20480, ge=1, le=MAX_SAMPLE_COUNT, description="Entropy bytes fetched per token."
+    )
+    population_mean: float = Field(
+        default=POPULATION_MEAN, gt=0.0, lt=255.0, description="Null-hypothesis mean of a byte."
+    )
+    population_std: float = Field(
+        default=POPULATION_STD,
+        gt=0.0,
+        le=128.0,
+        description="Null-hypothesis standard deviation of a byte (73.9003, ERRATA §1).",
+    )
+    uniform_clamp_epsilon: float = Field(
+        default=DEFAULT_UNIFORM_CLAMP_EPSILON,
+        gt=0.0,
+        lt=0.5,
+        description="u is clamped to [epsilon, 1 - epsilon].",
+    )
+    temperature_strategy: str = Field(
+        default="fixed", min_length=1, description="Temperature strategy name: fixed or edt."
+    )
+    fixed_temperature: float = Field(
+        default=0.7, ge=0.0, le=100.0, description="Temperature of the fixed strategy (0: greedy)."
+    )
+    edt_base_temp: float = Field(default=0.8, gt=0.0, le=100.0, description="EDT base temperature.")
+    edt_exponent: float = Field(default=0.5, gt=0.0, le=10.0, description="EDT power-law exponent.")
+    edt_min_temp: float = Field(default=0.1, ge=0.0, le=100.0, description="EDT temperature floor.")
+    edt_max_temp: float = Field(
+        default=2.0, gt=0.0, le=100.0, description="EDT temperature ceiling."
+    )
+    top_k: int = Field(
+        default=50, ge=-1, le=2**31 - 1, description="Top-k filter; 0 or -1 disables it."
+    )
+    top_p: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="Nucleus (top-p) threshold; 1.0 disables it."
+    )
+    min_p: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Min-p filter relative to the top token; 0 off."
+    )
+    bypass: bool = Field(
+        default=False,
+        description=(
+            "Leave the request to vLLM's own sampling (a control arm): no entropy, no records."
+        ),
+    )
+    session: str = Field(
+        default="", max_length=MAX_TAG_LENGTH, description="Free-form tag copied into records."
+    )
+    label: str = Field(
+        default="", max_length=MAX_TAG_LENGTH, description="Free-form tag copied into records."
+    )
+    log_level: LogLevel = Field(
+        default="summary",
+        description="Logging: none, summary (per-step line at DEBUG), full (every token at INFO).",
+    )
+    diagnostic_mode: bool = Field(
+        default=False, description="Keep this request's records in memory (bounded)."
+    )
+
+    # --- infrastructure (never per request) ---------------------------------
+    records_path: Path | None = Field(
+        default=None, description="JSON Lines file that receives one record per token; unset: off."
+    )
+    records_queue_steps: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Decode steps the records writer may fall behind before records are dropped.",
+    )
+    diagnostic_max_records: int = Field(
+        default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
+    )
+
+    @model_validator(mode="after")
+    def _check_edt_range(self) -> QRSamplerConfig:
+        if self.edt_min_temp > self.edt_max_temp:
+            raise ValueError(
+                f"edt_min_temp={self.edt_min_temp} must not exceed edt_max_temp={self.edt_max_temp}"
+            )
+        if self.sample_count > self.max_request_bytes:
+            raise ValueError(
+                f"sample_count={self.sample_count} exceeds max_request_bytes="
+                f"{self.max_request_bytes}"
+            )
+        return self
+
+
+#: The fields a request may override with ``qr_<field>``.
+PER_REQUEST_FIELDS: frozenset[str] = frozenset(
+    {
+        "signal_amplifier_type",
+        "sample_count",
+        "population_mean",
+        "population_std",
+        "uniform_clamp_epsilon",
+        "temperature_strategy",
+        "fixed_temperature",
+        "edt_base_temp",
+        "edt_exponent",
+        "edt_min_temp",
+        "edt_max_temp",
+        "top_k",
+        "top_p",
+        "min_p",
+        "bypass",
+        "session",
+        "label",
+        "log_level",
+        "diagnostic_mode",
+    }
+)
+
+#: Fields that configure the server, refused per request; gRPC and circuit-breaker
+#: names are listed so that ``qr_grpc_server_address`` gets the infrastructure
+#: message rather than "unknown key".
+INFRASTRUCTURE_FIELDS: frozenset[str] = frozenset(
+    (set(QRSamplerConfig.model_fields) - PER_REQUEST_FIELDS)
+    | {
+        "grpc_server_address",
+        "grpc_timeout_ms",
+        "grpc_retry_count",
+        "grpc_mode",
+        "grpc_method_path",
+        "grpc_stream_method_path",
+        "grpc_api_key",
+        "grpc_api_key_header",
+        "cb_window_size",
+        "cb_min_timeout_ms",
+        "cb_timeout_multiplier",
+        "cb_recovery_window_s",
+        "cb_max_consecutive_failures",
+    }
+)
+
+# Fields that do not change how a token is chosen; left out of the hash so that
+# records of one study share a config hash across sessions, labels and log files.
+_HASH_EXCLUDED = frozenset(
+    {
+        "session",
+        "label",
+        "log_level",
+        "diagnostic_mode",
+        "records_path",
+        "records_queue_steps",
+        "diagnostic_max_records",
+        "max_request_bytes",
+    }
+)
+
+
+def request_overrides(extra_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``qr_*`` items of ``extra_args`` with the prefix stripped; other keys are ignored.
+
+    Keys without the prefix belong to other plugins and are left alone.
+
+    Raises:
+        ConfigValidationError: A ``qr_`` key names an infrastructure field or no
+            field at all (the message lists the allowed keys).
+    """
+    if not extra_args:
+        return {}
+    overrides: dict[str, Any] = {}
+    for key, value in extra_args.items():
+        if not isinstance(key, str) or not key.startswith(EXTRA_ARGS_PREFIX):
+            continue
+        field = key[len(EXTRA_ARGS_PREFIX) :]
+        if field in PER_REQUEST_FIELDS:
+            overrides[field] = value
+        elif field in INFRASTRUCTURE_FIELDS:
+            raise ConfigValidationError(
+                f"extra_args key {key!r} is not allowed per request: {field} is an "
+                f"infrastructure setting, set it with the environment variable "
+                f"QR_{field.upper()} on the server"
+            )
+        else:
+            allowed = ", ".join(sorted(EXTRA_ARGS_PREFIX + name for name in PER_REQUEST_FIELDS))
+            raise ConfigValidationError(
+                f"unknown extra_args key {key!r} (value {value!r}); allowed qr_ keys: {allowed}"
+            )
+    return overrides
+
+
+def resolve_config(
+    defaults: QRSamplerConfig, extra_args: Mapping[str, Any] | None
+) -> QRSamplerConfig:
+    """Build the configuration of one request: the defaults with its ``qr_*`` overrides.
+
+    Args:
+        defaults: The server's configuration; it is not modified.
+        extra_args: ``SamplingParams.extra_args`` of the request (may be None).
+
+    Returns:
+        ``defaults`` itself when the request overrides nothing, else a new,
+        validated `QRSamplerConfig`.
+
+    Raises:
+        ConfigValidationError: A bad key or value; the message names the key,
+            the value and what is allowed.
+    """
+    overrides = request_overrides(extra_args)
+    if not overrides:
+        return defaults
+    for field, value in overrides.items():
+        # pydantic would accept a float for an int field if it is integral and a
+        # string for a bool; a list or dict is never a valid setting.
+        if isinstance(value, list | dict | tuple):
+            raise ConfigValidationError(
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={value!r} is not allowed: "
+                "expected a single value, not a collection"
+            )
+    merged = defaults.model_dump()
+    merged.update(overrides)
+    try:
+        # model_validate does not re-read the environment: the defaults already hold it.
+        return QRSamplerConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigValidationError(_describe(exc, overrides)) from exc
+
+
+def _describe(exc: ValidationError, overrides: Mapping[str, Any]) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        if field in overrides:
+            problems.append(
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={overrides[field]!r} is not "
+                f"allowed: {error['msg']}"
+            )
+        else:
+            # A cross-field rule (edt range, sample_count vs max_request_bytes).
+            given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={v!r}" for k, v in overrides.items())
+            problems.append(f"extra_args {given} are not allowed together: {error['msg']}")
+    return "; ".join(problems)
+
+
+def config_hash(config: QRSamplerConfig) -> str:
+    """A short, stable hash of every field that influences how a token is chosen."""
+    payload = config.model_dump(mode="json", exclude=set(_HASH_EXCLUDED))
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,241 @@
+"""Per-token records: what was chosen, how, and from which entropy.
+
+The hot path does not build one object per token: it hands a `StepRecords`
+(a few arrays for the whole batch plus the step's provenance) to the logger,
+and the records writer thread turns it into `TokenSamplingRecord` objects and
+JSON lines off the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["RecordStatus", "RequestInfo", "StepRecords", "TokenSamplingRecord"]
+
+RecordStatus = Literal["ok", "failed"]
+
+# Column order of StepRecords.values.
+_COLUMNS = (
+    "token_id",
+    "token_rank",
+    "token_prob",
+    "num_candidates",
+    "temperature",
+    "shannon_entropy",
+    "u",
+    "z_score",
+    "sample_mean",
+)
+N_VALUE_COLUMNS = len(_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSamplingRecord:
+    """How one token was chosen: one line of the records file.
+
+    Attributes:
+        request_serial: Number of the request within this engine process (1, 2, ...),
+            in the order requests entered the batch.
+        sequence_number: Index of this token among the request's sampled tokens (0-based).
+        slot: The request's batch slot when the token was chosen.
+        session: The request's ``qr_session`` tag.
+        label: The request's ``qr_label`` tag.
+        status: ``ok``, or ``failed`` when no entropy could be had and the request
+            was ended (``QR_FALLBACK_MODE=error``).
+        token_id: The token emitted (for a failed request, the stop token forced to
+            end it; -1 when the row was left to vLLM because it had no stop token).
+        token_rank: Rank of the token in the filtered distribution (0 = most probable).
+        token_prob: Its probability after temperature, filters and renormalisation.
+        num_candidates: Tokens left after top-k, top-p and min-p.
+        u: The uniform value that chose the token.
+        z_score: z of the bytes' mean under the null hypothesis.
+        sample_mean: Mean of the bytes.
+        sample_count: Entropy bytes used for this token.
+        temperature: Temperature applied.
+        shannon_entropy: Natural-log entropy of the unscaled distribution.
+        top_k: The request's top-k (0: off).
+        top_p: The request's top-p (1.0: off).
+        min_p: The request's min-p (0.0: off).
+        temperature_strategy: Name of the temperature strategy.
+        signal_amplifier: Name of the amplifier.
+        entropy_source: Name of the source that actually produced the bytes.
+        is_fallback: True when the bytes came from the fallback source.
+        fallback_reason: The primary source's error when ``is_fallback``.
+        health: Health-test status of the bytes (``ok``, ``failed``, ``not_tested``).
+        device_id: Device that produced the bytes, when the source reports one.
+        entropy_fetch_ms: Wall time of the fetch that produced the bytes (whole batch).
+        entropy_generated_at_ns: When the bytes were produced, Unix time in ns.
+        timestamp_ns: When the token was chosen, Unix time in ns.
+        config_hash: Hash of the request's resolved configuration.
+        runner: vLLM model runner interface that called the processor (``v1``/``v2``).
+        error: Why the request failed (empty when ``status`` is ``ok``).
+    """
+
+    request_serial: int
+    sequence_number: int
+    slot: int
+    session: str
+    label: str
+    status: RecordStatus
+    token_id: int
+    token_rank: int | None
+    token_prob: float | None
+    num_candidates: int | None
+    u: float | None
+    z_score: float | None
+    sample_mean: float | None
+    sample_count: int
+    temperature: float | None
+    shannon_entropy: float | None
+    top_k: int
+    top_p: float
+    min_p: float
+    temperature_strategy: str
+    signal_amplifier: str
+    entropy_source: str
+    is_fallback: bool
+    fallback_reason: str
+    health: str
+    device_id: str
+    entropy_fetch_ms: float
+    entropy_generated_at_ns: int
+    timestamp_ns: int
+    config_hash: str
+    runner: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (field order preserved)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenSamplingRecord:
+        """Rebuild a record from `to_dict` output (for example one parsed JSON line)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What stays the same for every token of one request (built once, when it is added)."""
+
+    request_serial: int
+    session: str
+    label: str
+    config_hash: str
+    temperature_strategy: str
+    signal_amplifier: str
+    sample_count: int
+    top_k: int
+    top_p: float
+    min_p: float
+    log_full: bool
+    diagnostic: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecords:
+    """The records of one decode step for a group of rows, as arrays.
+
+    Attributes:
+        runner: ``v1`` or ``v2``.
+        requests: Per row, the request's constant information.
+        slots: Per row, the batch slot.
+        sequence_numbers: Per row, the token's index within its request.
+        values: ``(rows, 9)`` float64: token id, rank, probability, candidates,
+            temperature, entropy, u, z, mean. None for a failed step.
+        token_ids: Per row, the token emitted (for failed rows, the forced stop token).
+        status: ``ok`` or ``failed``.
+        error: The failure (empty when ok).
+        entropy_source: Source that produced the bytes.
+        is_fallback: Whether that was the fallback source.
+        fallback_reason: The primary's error when falling back.
+        health: Health status of the bytes.
+        device_id: Reported device.
+        fetch_latency_ns: Wall time of the fetch.
+        generated_at_ns: When the bytes were produced (Unix ns).
+        timestamp_ns: When the step's tokens were chosen (Unix ns).
+    """
+
+    runner: str
+    requests: Sequence[RequestInfo]
+    slots: np.ndarray
+    sequence_numbers: np.ndarray
+    values: np.ndarray | None
+    token_ids: np.ndarray
+    status: RecordStatus
+    error: str
+    entropy_source: str
+    is_fallback: bool
+    fallback_reason: str
+    health: str
+    device_id: str
+    fetch_latency_ns: int
+    generated_at_ns: int
+    timestamp_ns: int
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def records(self) -> list[TokenSamplingRecord]:
+        """One `TokenSamplingRecord` per row."""
+        out = []
+        values = self.values.tolist() if self.values is not None else None
+        slots = self.slots.tolist()
+        seqs = self.sequence_numbers.tolist()
+        tokens = self.token_ids.tolist()
+        fetch_ms = self.fetch_latency_ns / 1e6
+        for i, info in enumerate(self.requests):
+            row = values[i] if values is not None else None
+            out.append(
+                TokenSamplingRecord(
+                    request_serial=info.request_serial,
+                    sequence_number=int(seqs[i]),
+                    slot=int(slots[i]),
+                    session=info.session,
+                    label=info.label,
+                    status=self.status,
+                    token_id=int(tokens[i]),
+                    token_rank=None if row is None else int(row[1]),
+                    token_prob=None if row is None else _finite(row[2]),
+                    num_candidates=None if row is None else int(row[3]),
+                    u=None if row is None else _finite(row[6]),
+                    z_score=None if row is None else _finite(row[7]),
+                    sample_mean=None if row is None else _finite(row[8]),
+                    sample_count=info.sample_count if row is not None else 0,
+                    temperature=None if row is None else _finite(row[4]),
+                    shannon_entropy=None if row is None else _finite(row[5]),
+                    top_k=info.top_k,
+                    top_p=info.top_p,
+                    min_p=info.min_p,
+                    temperature_strategy=info.temperature_strategy,
+                    signal_amplifier=info.signal_amplifier,
+                    entropy_source=self.entropy_source,
+                    is_fallback=self.is_fallback,
+                    fallback_reason=self.fallback_reason,
+                    health=self.health,
+                    device_id=self.device_id,
+                    entropy_fetch_ms=fetch_ms,
+                    entropy_generated_at_ns=self.generated_at_ns,
+                    timestamp_ns=self.timestamp_ns,
+                    config_hash=info.config_hash,
+                    runner=self.runner,
+                    error=self.error,
+                )
+            )
+        return out
+
+    def to_jsonl(self) -> bytes:
+        """The step's records as JSON Lines (one line per token, newline-terminated)."""
+        lines = [json.dumps(r.to_dict(), separators=(",", ":")) for r in self.records()]
+        return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _finite(value: float) -> float | None:
+    # JSON has no NaN or infinity; a non-finite value is reported as missing.
+    return value if math.isfinite(value) else None

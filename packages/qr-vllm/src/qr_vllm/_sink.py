@@ -1,0 +1,168 @@
+"""The durable records sink: JSON Lines written by a background thread.
+
+The hot path only puts a `StepRecords` on a bounded queue. A writer thread,
+started on first use (never at import), turns each step into JSON lines and
+writes them with one ``os.write`` on a file opened with ``O_APPEND``: every
+step reaches the operating system as soon as the thread gets to it, whole lines
+only, so a killed engine loses at most the steps still queued (normally the
+one in flight) and leaves no partial line. A full queue drops the step, counts
+the records and logs a warning; it never blocks sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, cast
+
+from qr_vllm._records import StepRecords
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JsonlRecordSink"]
+
+_STOP = object()
+
+
+class JsonlRecordSink:
+    """Append records to a JSON Lines file from a background writer thread.
+
+    Args:
+        path: The file; it is created if missing and appended to otherwise.
+        max_pending_steps: Steps that may wait for the writer before new ones
+            are dropped (and counted).
+    """
+
+    def __init__(self, path: Path | str, max_pending_steps: int = 4096) -> None:
+        if max_pending_steps < 1:
+            raise ValueError(f"max_pending_steps must be >= 1, got {max_pending_steps}")
+        self.path = Path(path)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending_steps)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.dropped_records = 0
+        self.written_records = 0
+        self.written_steps = 0
+        self.write_errors = 0
+        self._finalizer: Any = None
+
+    def write(self, step: StepRecords) -> bool:
+        """Queue one step's records for writing; never blocks.
+
+        Returns:
+            False when the step was dropped (queue full or sink closed).
+        """
+        if len(step) == 0:
+            return True
+        if self._thread is None:
+            self._start()
+        if self._closed:
+            self._drop(len(step), "the sink is closed")
+            return False
+        try:
+            self._queue.put_nowait(step)
+        except queue.Full:
+            self._drop(len(step), "the writer is behind (queue full)")
+            return False
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued step is written; True if it finished in time."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+
+        def _wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=_wait, daemon=True, name="qr-records-flush").start()
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued, stop the writer and close the file (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout_s)
+            if thread.is_alive():
+                logger.warning("records writer for %s did not stop in %.1f s", self.path, timeout_s)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    def stats(self) -> dict[str, object]:
+        """Counters for health reports."""
+        return {
+            "path": str(self.path),
+            "written_records": self.written_records,
+            "written_steps": self.written_steps,
+            "dropped_records": self.dropped_records,
+            "write_errors": self.write_errors,
+            "pending_steps": self._queue.qsize(),
+        }
+
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped_records += count
+        # Log the first drop and then at powers of two, so a stuck disk cannot flood the log.
+        total = self.dropped_records
+        if total == count or (total & (total - 1)) == 0 or count >= total // 2:
+            logger.warning(
+                "dropped %d records for %s: %s (%d dropped so far)", count, self.path, why, total
+            )
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            thread = threading.Thread(
+                target=self._run, args=(fd,), daemon=True, name="qr-records-writer"
+            )
+            self._thread = thread
+            thread.start()
+            # Write out what is queued when the interpreter exits normally.
+            self._finalizer = weakref.finalize(self, JsonlRecordSink._at_exit, self._queue, thread)
+
+    @staticmethod
+    def _at_exit(q: queue.Queue[object], thread: threading.Thread) -> None:
+        if thread.is_alive():
+            q.put(_STOP)
+            thread.join(5.0)
+
+    def _run(self, fd: int) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                try:
+                    if item is _STOP:
+                        return
+                    self._write_step(fd, cast(StepRecords, item))
+                finally:
+                    self._queue.task_done()
+        finally:
+            os.close(fd)
+
+    def _write_step(self, fd: int, step: StepRecords) -> None:
+        try:
+            data = memoryview(step.to_jsonl())
+            # One write call normally takes it all; loop for the rare short write.
+            while data:
+                written = os.write(fd, data)
+                data = data[written:]
+        except Exception:
+            self.write_errors += 1
+            self.dropped_records += len(step)
+            logger.exception("could not write %d records to %s", len(step), self.path)
+            return
+        self.written_records += len(step)
+        self.written_steps += 1

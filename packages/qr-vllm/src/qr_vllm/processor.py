@@ -1,0 +1,269 @@
+"""`QRSamplerLogitsProcessor`: the vLLM plugin, for both model runners.
+
+vLLM finds the class through the ``vllm.logits_processors`` entry point
+``qr_sampler``. The one class implements both interfaces (ERRATA §8):
+
+* runner V1 (CPU, older GPUs) builds it as ``cls(vllm_config, device,
+  is_pin_memory)`` and calls ``update_state(batch_update)`` then ``apply(logits)``;
+  rows are batch slots;
+* runner V2 (the default on GPUs with Triton) checks that it subclasses
+  ``vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor``, builds it as
+  ``cls(vllm_config, req_states)`` and calls ``add_request(slot, params)`` then
+  ``apply(logits, ctx)``; rows are mapped to slots through ``ctx``.
+
+Both reach the same batched hot path (`qr_vllm._pipeline.BatchSampler`).
+Importing this module opens nothing: sources, threads and files are created
+when vLLM constructs the processor in the engine process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from qr_entropy import EntropySource, build_entropy_source
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2LogitsProcessor
+
+from qr_vllm._compat import check_vllm_version
+from qr_vllm._config import QRSamplerConfig
+from qr_vllm._logger import SamplingLogger
+from qr_vllm._pipeline import BatchSampler, SlotState
+from qr_vllm._records import RequestInfo, TokenSamplingRecord
+from qr_vllm._resolve import RequestResolver, ResolvedRequest
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+
+logger = logging.getLogger("qr_sampler")
+
+__all__ = ["QRSamplerLogitsProcessor"]
+
+
+class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
+    """Choose every token with fresh external entropy and record how it was chosen.
+
+    Args:
+        vllm_config: vLLM's configuration (not needed by the processor itself).
+        device_or_req_states: Runner V1: the logits' ``torch.device``. Runner V2:
+            the ``LogitsProcRequestState`` (its ``device`` is used).
+        is_pin_memory: Runner V1: whether pinned host memory is available.
+        config: The configuration (default: read from ``QR_*`` and ``.env``).
+        source: The entropy source (default: built from ``config``).
+    """
+
+    # Built on first use in each process that validates requests (the API server).
+    _admission_resolver: ClassVar[RequestResolver | None] = None
+
+    def __init__(
+        self,
+        vllm_config: Any,
+        device_or_req_states: torch.device | LogitsProcRequestState,
+        is_pin_memory: bool | None = None,
+        *,
+        config: QRSamplerConfig | None = None,
+        source: EntropySource | None = None,
+    ) -> None:
+        check_vllm_version()
+        if isinstance(device_or_req_states, torch.device):
+            runner, device = "v1", device_or_req_states
+            pin = bool(is_pin_memory)
+        else:
+            runner, device = "v2", torch.device(device_or_req_states.device)
+            pin = device.type == "cuda"
+        self.config = config if config is not None else QRSamplerConfig()
+        self.runner = runner
+        self._resolver = RequestResolver(self.config)
+        self._source = source if source is not None else build_entropy_source(self.config)
+        self.sampling_logger = SamplingLogger(
+            self.config.log_level,
+            self.config.records_path,
+            self.config.records_queue_steps,
+            self.config.diagnostic_max_records,
+        )
+        self._sampler = BatchSampler(self._source, self.sampling_logger, device, pin, runner)
+        self._serials = itertools.count(1)
+        self._finalizer = weakref.finalize(
+            self, QRSamplerLogitsProcessor._release, self.sampling_logger, self._source
+        )
+        logger.info(
+            "qr-sampler ready on runner %s (%s): source %s, fallback %s, records %s",
+            runner,
+            device,
+            self._source.name,
+            self.config.fallback_mode,
+            self.config.records_path or "off",
+        )
+
+    # --- admission (API server process) --------------------------------------
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        """Refuse a request whose ``qr_*`` arguments are bad (HTTP 400, engine untouched).
+
+        Raises:
+            ConfigValidationError: A ValueError naming the key, the value and what is allowed.
+        """
+        resolver = cls._admission_resolver
+        if resolver is None:
+            resolver = RequestResolver(QRSamplerConfig())
+            cls._admission_resolver = resolver
+        resolver.resolve(sampling_params.extra_args)
+
+    # --- runner V1 -------------------------------------------------------------
+
+    def is_argmax_invariant(self) -> bool:
+        """False: the processor chooses the token, so it must run before greedy argmax."""
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        """Apply vLLM's batch changes in its order: removed, added, moved (ERRATA §3)."""
+        if batch_update is None:
+            return
+        sampler = self._sampler
+        for index in batch_update.removed:
+            sampler.remove(index)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            # An add may reuse a slot whose removal was not listed: set_slot replaces it.
+            sampler.set_slot(index, self._new_state(params, prompt_ids, output_ids))
+        for src, dst, direction in batch_update.moved:
+            if direction == MoveDirectionality.SWAP:
+                sampler.swap(src, dst)
+            else:
+                sampler.move(src, dst)
+
+    # --- runner V2 -------------------------------------------------------------
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        """Take the request entering slot ``req_idx``; False for bypass requests."""
+        state = self._new_state(sampling_params, None, None)
+        self._sampler.set_slot(req_idx, state)
+        return state is not None
+
+    # --- both ------------------------------------------------------------------
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
+        """Force each qr-sampled row to one-hot on its chosen token, in place.
+
+        Args:
+            logits: ``(rows, vocab)`` logits of this step.
+            ctx: Runner V2's batch layout (rows are mapped to slots through it);
+                None under runner V1, where row i is slot i.
+
+        Returns:
+            ``logits`` itself.
+        """
+        if ctx is None:
+            self._sampler.sample(logits)
+            return logits
+        mapping = ctx.idx_mapping_np
+        if int(logits.shape[0]) != len(mapping):
+            # Several rows per request (speculative decoding): the host copy of the
+            # expanded mapping costs one synchronisation.
+            mapping = ctx.expanded_idx_mapping.cpu().numpy()
+        self._sampler.sample(logits, np.asarray(mapping))
+        return logits
+
+    # --- introspection -----------------------------------------------------------
+
+    @property
+    def diagnostic_records(self) -> list[TokenSamplingRecord]:
+        """Records kept in memory for requests with ``diagnostic_mode``."""
+        return self.sampling_logger.diagnostic_records
+
+    def health(self) -> dict[str, object]:
+        """The source's health, record counters and failed requests."""
+        return {
+            "runner": self.runner,
+            "source": self._source.health_check(),
+            "failed_requests": self._sampler.failed_requests,
+            "active_requests": len(self._sampler.slots),
+            **self.sampling_logger.summary(),
+        }
+
+    def close(self) -> None:
+        """Flush the records file and close the entropy source (idempotent)."""
+        self._finalizer()
+
+    @staticmethod
+    def _release(sampling_logger: SamplingLogger, source: EntropySource) -> None:
+        sampling_logger.close()
+        source.close()
+
+    # --- per request -----------------------------------------------------------
+
+    def _new_state(
+        self,
+        params: SamplingParams,
+        prompt_ids: Sequence[int] | None,
+        output_ids: Sequence[int] | None,
+    ) -> SlotState | None:
+        serial = next(self._serials)
+        failure = ""
+        try:
+            resolved = self._resolver.resolve(params.extra_args)
+        except Exception as exc:
+            # validate_params refuses these at admission; this is reached only when the
+            # engine's settings differ from the API server's. Fail the request, not the engine.
+            failure = f"{type(exc).__name__}: {exc}"
+            logger.error("request %d has bad qr_ arguments: %s; ending it", serial, failure)
+            resolved = self._resolver.resolve(None)
+        config = resolved.config
+        if config.bypass and not failure:
+            return None
+        state = SlotState(
+            request=resolved,
+            info=_request_info(serial, resolved),
+            stop_token=_stop_token(params),
+            prompt_ids=prompt_ids,
+            output_ids=output_ids,
+            penalties=_penalties(params) if self.runner == "v1" else None,
+            failure=failure,
+        )
+        if failure:
+            self._sampler.failed_requests += 1
+        return state
+
+
+def _request_info(serial: int, resolved: ResolvedRequest) -> RequestInfo:
+    config = resolved.config
+    return RequestInfo(
+        request_serial=serial,
+        session=config.session,
+        label=config.label,
+        config_hash=resolved.config_hash,
+        temperature_strategy=resolved.strategy.name,
+        signal_amplifier=resolved.amplifier.name,
+        sample_count=config.sample_count,
+        top_k=max(config.top_k, 0),
+        top_p=config.top_p,
+        min_p=config.min_p,
+        log_full=config.log_level == "full",
+        diagnostic=config.diagnostic_mode,
+    )
+
+
+def _stop_token(params: SamplingParams) -> int:
+    """The token that ends the request when it fails (-1: none known)."""
+    eos = params.eos_token_id
+    if eos is not None and not params.ignore_eos:
+        return int(eos)
+    if params.stop_token_ids:
+        return int(params.stop_token_ids[0])
+    return int(eos) if eos is not None else -1
+
+
+def _penalties(params: SamplingParams) -> tuple[float, float, float] | None:
+    presence = float(params.presence_penalty)
+    frequency = float(params.frequency_penalty)
+    repetition = float(params.repetition_penalty)
+    if presence == 0.0 and frequency == 0.0 and repetition == 1.0:
+        return None
+    return presence, frequency, repetition

@@ -1,0 +1,66 @@
+"""Helpers that build `StepRecords` for the records, sink and logger tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from qr_vllm._records import RequestInfo, StepRecords
+
+
+def info(serial: int = 1, *, full: bool = False, diagnostic: bool = False) -> RequestInfo:
+    return RequestInfo(
+        request_serial=serial,
+        session="sess",
+        label=f"label-{serial}",
+        config_hash="0123456789abcdef",
+        temperature_strategy="fixed",
+        signal_amplifier="zscore_mean",
+        sample_count=16,
+        top_k=50,
+        top_p=0.9,
+        min_p=0.0,
+        log_full=full,
+        diagnostic=diagnostic,
+    )
+
+
+def step(
+    rows: int = 2,
+    *,
+    start_seq: int = 0,
+    status: str = "ok",
+    fallback: bool = False,
+    full: bool = False,
+    diagnostic: bool = False,
+) -> StepRecords:
+    values = None
+    tokens = np.full(rows, 7, dtype=np.int64)
+    if status == "ok":
+        values = np.zeros((rows, 9), dtype=np.float64)
+        values[:, 0] = np.arange(rows) + 100
+        values[:, 1] = 1
+        values[:, 2] = 0.25
+        values[:, 3] = 10
+        values[:, 4] = 0.7
+        values[:, 5] = 2.5
+        values[:, 6] = 0.5
+        values[:, 7] = 0.0
+        values[:, 8] = 127.5
+        tokens = values[:, 0].astype(np.int64)
+    return StepRecords(
+        runner="v1",
+        requests=tuple(info(i + 1, full=full, diagnostic=diagnostic) for i in range(rows)),
+        slots=np.arange(rows, dtype=np.int64),
+        sequence_numbers=np.full(rows, start_seq, dtype=np.int64),
+        values=values,
+        token_ids=tokens,
+        status="ok" if status == "ok" else "failed",
+        error="" if status == "ok" else "EntropyUnavailableError: down",
+        entropy_source="system" if fallback else "mock_uniform",
+        is_fallback=fallback,
+        fallback_reason="primary down" if fallback else "",
+        health="not_tested",
+        device_id="",
+        fetch_latency_ns=1_500_000,
+        generated_at_ns=1_700_000_000_000_000_000,
+        timestamp_ns=1_700_000_000_000_000_001,
+    )
