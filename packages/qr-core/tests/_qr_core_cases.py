@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from _qr_core_reference import acceptable
 from hypothesis import strategies as st
-
 from qr_core import BatchSelectionResult
 
 # A few repeated values make ties (within rows and across the head boundary) common.

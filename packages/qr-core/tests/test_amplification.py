@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from qr_core import (
     DEFAULT_UNIFORM_CLAMP_EPSILON,
     POPULATION_STD,
@@ -16,6 +14,7 @@ from qr_core import (
     SignalAmplificationError,
     ZScoreMeanAmplifier,
 )
+from scipy import stats
 
 
 def test_population_std_is_the_discrete_uniform_value() -> None:
@@ -55,7 +54,8 @@ def test_every_input_kind_and_the_batch_form_agree() -> None:
     block = rng.integers(0, 256, size=(5, 300), dtype=np.uint8)
     amp = ZScoreMeanAmplifier()
     batch = amp.amplify_batch(block)
-    assert batch.sample_count == 300 and batch.u.shape == (5,)
+    assert batch.sample_count == 300
+    assert batch.u.shape == (5,)
     for r in range(5):
         for form in (
             block[r].tobytes(),
@@ -103,7 +103,8 @@ def test_null_u_is_uniform_and_a_half_unit_shift_is_detected() -> None:
     # Bytes uniform on 1..255 have mean 128.0: a +0.5 shift of the byte mean.
     shifted = amp.amplify_batch(rng.integers(1, 256, size=(20_000, 256), dtype=np.uint8))
     assert stats.kstest(shifted.u, "uniform").pvalue < 1e-10
-    assert shifted.u.mean() > 0.5 and shifted.z_score.mean() > 0.05
+    assert shifted.u.mean() > 0.5
+    assert shifted.z_score.mean() > 0.05
 
 
 @pytest.mark.parametrize(
@@ -143,6 +144,7 @@ def test_bad_parameters(params: dict[str, float], fragment: str) -> None:
 
 def test_registry_builds_with_only_the_accepted_keys() -> None:
     amp = AmplifierRegistry.build("zscore_mean", population_std=70.0, fixed_temperature=0.3)
-    assert isinstance(amp, ZScoreMeanAmplifier) and amp.population_std == 70.0
+    assert isinstance(amp, ZScoreMeanAmplifier)
+    assert amp.population_std == 70.0
     assert ZScoreMeanAmplifier.name == "zscore_mean"
     assert "population_std=70.0" in repr(amp)

@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import qr_core._selection as selection_module
 from _qr_core_cases import Problem, assert_matches_reference, problems
 from _qr_core_reference import acceptable, reference_select
 from hypothesis import given, settings
-
-import qr_core._selection as selection_module
 from qr_core import SelectionResult, TokenSelectionError, TokenSelector
 
 ROW = np.array([1.0, 3.0, 2.0, 3.0, -np.inf, 0.0], dtype=np.float32)
@@ -82,7 +81,8 @@ class TestKnownValues:
         )
         for name in ("token_id", "token_rank", "token_prob", "num_candidates"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-        assert a.token_id.dtype == np.int64 and a.num_candidates.dtype == np.int64
+        assert a.token_id.dtype == np.int64
+        assert a.num_candidates.dtype == np.int64
 
     def test_half_precision_logits(self) -> None:
         result = TokenSelector().select(

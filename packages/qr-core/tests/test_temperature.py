@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import special, stats
-
 from qr_core import (
     EDTTemperatureStrategy,
     FixedTemperatureStrategy,
@@ -16,6 +14,7 @@ from qr_core import (
     TemperatureStrategyRegistry,
     compute_shannon_entropy,
 )
+from scipy import special, stats
 
 
 def test_entropy_matches_scipy_and_ignores_minus_inf() -> None:
@@ -75,7 +74,8 @@ def test_edt_formula_and_clamps() -> None:
     ).compute_batch(logits)
     np.testing.assert_allclose(clamped.temperature, [2.0, 2.0])
     single = EDTTemperatureStrategy().compute_temperature(np.array([3.0, -np.inf]))
-    assert single.temperature == 0.1 and single.shannon_entropy == 0.0
+    assert single.temperature == 0.1
+    assert single.shannon_entropy == 0.0
 
 
 def test_edt_accepts_a_precomputed_entropy() -> None:
@@ -118,6 +118,9 @@ def test_registry_builds_each_strategy_from_one_config() -> None:
     config = {"fixed_temperature": 0.3, "edt_base_temp": 1.1, "population_std": 70.0}
     fixed = TemperatureStrategyRegistry.build("fixed", **config)
     edt = TemperatureStrategyRegistry.build("edt", **config)
-    assert isinstance(fixed, FixedTemperatureStrategy) and fixed.fixed_temperature == 0.3
-    assert isinstance(edt, EDTTemperatureStrategy) and edt.edt_base_temp == 1.1
-    assert "edt_base_temp=1.1" in repr(edt) and "0.3" in repr(fixed)
+    assert isinstance(fixed, FixedTemperatureStrategy)
+    assert fixed.fixed_temperature == 0.3
+    assert isinstance(edt, EDTTemperatureStrategy)
+    assert edt.edt_base_temp == 1.1
+    assert "edt_base_temp=1.1" in repr(edt)
+    assert "0.3" in repr(fixed)
