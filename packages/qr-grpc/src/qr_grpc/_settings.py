@@ -89,7 +89,8 @@ class GrpcSettings(BaseSettings):
         default="",
         description=(
             "Name to check in the server certificate instead of the address host "
-            "(needed for Unix sockets and IP literals whose certificate names a host)."
+            "(for IP literals whose certificate names a host); Unix sockets default to "
+            "'localhost'."
         ),
     )
     grpc_max_message_bytes: int = Field(

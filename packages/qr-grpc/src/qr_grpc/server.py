@@ -76,6 +76,7 @@ class _EntropyServicer:
         self._device_id = device_id
         self._delay_s = delay_s
         self._lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def _authorize(self, context: Any) -> None:
         if not self._api_key:
@@ -106,7 +107,8 @@ class _EntropyServicer:
                 f"bytes_needed={n} is outside the allowed range 1..{self._max_bytes}",
             )
         if self._delay_s:
-            time.sleep(self._delay_s)
+            # An Event, not time.sleep: stopping the server cuts the simulated delay short.
+            self.stopping.wait(self._delay_s)
         try:
             with self._lock:
                 fetched = self._source.fetch(n)
@@ -132,8 +134,14 @@ class _EntropyServicer:
         self, request_iterator: Iterator[EntropyRequest], context: Any
     ) -> Iterator[EntropyResponse]:
         """Bidi RPC: one response per request, same sequence_id, until the client stops."""
-        self._authorize(context)
+        authorized = False
         for request in request_iterator:
+            # Checked on the first request rather than at stream start: a refusal sent
+            # while the client is still writing that request races the write, and the
+            # client may then see "internal error" instead of UNAUTHENTICATED.
+            if not authorized:
+                self._authorize(context)
+                authorized = True
             yield self._generate(request, context)
 
 
@@ -180,6 +188,7 @@ class EntropyServer:
         *,
         executor: ThreadPoolExecutor,
         health_servicer: Any,
+        servicer: _EntropyServicer,
         bound: _Bound,
         source: EntropySource,
         close_source: bool,
@@ -187,6 +196,7 @@ class EntropyServer:
         self._server = server
         self._executor = executor
         self._health = health_servicer
+        self._servicer = servicer
         self._bound = bound
         self.address: GrpcAddress = bound.address
         self.source = source
@@ -204,7 +214,9 @@ class EntropyServer:
             if self._stopped.is_set():
                 return
             self._health.enter_graceful_shutdown()
-            self._server.stop(grace_s).wait()
+            done = self._server.stop(grace_s)
+            self._servicer.stopping.set()
+            done.wait()
             self._executor.shutdown(wait=True)
             if self._bound.socket_path is not None:
                 self._bound.socket_path.unlink(missing_ok=True)
@@ -369,6 +381,7 @@ def serve(
         server,
         executor=executor,
         health_servicer=health_servicer,
+        servicer=servicer,
         bound=_Bound(bound, socket_path),
         source=source,
         close_source=close_source,

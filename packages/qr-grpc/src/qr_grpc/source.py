@@ -127,8 +127,13 @@ class QuantumGrpcSource(EntropySource):
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.max_receive_message_length", max_bytes),
         ]
-        if settings.grpc_tls_server_name:
-            options.append(("grpc.ssl_target_name_override", settings.grpc_tls_server_name))
+        server_name = settings.grpc_tls_server_name
+        if not server_name and tls is not None and self._address.kind == "unix":
+            # grpc would check the socket path against the certificate; a local socket's
+            # certificate names the local host.
+            server_name = "localhost"
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
         self._timeout_ceiling_s = settings.grpc_timeout_ms / 1000.0
         self._breaker = CircuitBreaker(
             window_size=settings.cb_window_size,
