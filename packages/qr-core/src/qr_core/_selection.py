@@ -164,7 +164,7 @@ class TokenSelector:
         batch = self.select_batch(
             logits[None],
             temperature=_scalar("temperature", temperature, integer=False),
-            top_k=_scalar("top_k", top_k, integer=True),
+            top_k=int(_scalar("top_k", top_k, integer=True)),
             top_p=_scalar("top_p", top_p, integer=False),
             u=_scalar("u", u, integer=False),
             min_p=_scalar("min_p", min_p, integer=False),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def compute_shannon_entropy(logits: Array) -> Array | float:
     check_logits(xp, logits, ndim=1 if one_row else 2, error=TemperatureStrategyError)
     if one_row:
         return float(xp.to_host_list(_entropy_rows(xp, logits[None]))[0])
-    return _entropy_rows(xp, logits)
+    return cast("Array", _entropy_rows(xp, logits))
 
 
 @dataclass(frozen=True, slots=True)
