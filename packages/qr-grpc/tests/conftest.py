@@ -73,15 +73,18 @@ def make_client() -> Iterator[Callable[..., QuantumGrpcSource]]:
 
 
 @pytest.fixture
-def spawn_server(short_tmp: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start ``qr-entropy-server`` as a real child process; killed at teardown."""
+def spawn_process(short_tmp: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start a server command as a real child process; killed at teardown.
+
+    The command must log ``event=serving address=<bound address>`` when it is ready.
+    """
     started: list[ServerProcess] = []
 
-    def _spawn(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    def _spawn(argv: list[str], env: dict[str, str] | None = None) -> ServerProcess:
         log_path = short_tmp / f"server-{len(started)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "qr_grpc.server", *args],
+                argv,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env={**os.environ, **(env or {})},
@@ -94,3 +97,15 @@ def spawn_server(short_tmp: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield _spawn
     for server in started:
         server.kill()
+
+
+@pytest.fixture
+def spawn_server(
+    spawn_process: Callable[..., ServerProcess],
+) -> Callable[..., ServerProcess]:
+    """Start ``qr-entropy-server`` (``python -m qr_grpc.server``) as a child process."""
+
+    def _spawn(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return spawn_process([sys.executable, "-m", "qr_grpc.server", *args], env=env)
+
+    return _spawn
