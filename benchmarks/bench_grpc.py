@@ -49,6 +49,16 @@ def _start_server(address: str) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"server on {address} did not start (exit {proc.wait()})")
 
 
+def _settings(address: str, mode: str) -> GrpcSettings:
+    # A generous timeout floor: this measures latency, and on a busy machine the default
+    # adaptive budget (5 ms floor, 1.5 x P99) would turn a scheduling hiccup into a timeout.
+    return GrpcSettings(
+        grpc_server_address=address,
+        grpc_mode=mode,  # type: ignore[arg-type]
+        cb_min_timeout_ms=2000,
+    )
+
+
 def _time(fn: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
     for _ in range(warmup):
         fn()
@@ -85,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for transport, address in (("tcp", tcp_addr), ("unix", unix_addr)):
             for mode in MODES:
-                source = QuantumGrpcSource(
-                    GrpcSettings(grpc_server_address=address, grpc_mode=mode)
-                )
+                source = QuantumGrpcSource(_settings(address, mode))
                 try:
                     for size, count in iterations.items():
                         lat = _time(lambda s=source, n=size: s.get_random_bytes(n), count, warmup)
@@ -97,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     source.close()
 
         block_rows = []
-        source = QuantumGrpcSource(
-            GrpcSettings(grpc_server_address=unix_addr, grpc_mode="bidi_streaming")
-        )
+        source = QuantumGrpcSource(_settings(unix_addr, "bidi_streaming"))
         try:
             for rows_n, count in ((1, iterations[SMALL]), (ROWS, iterations[ROWS * SMALL])):
                 lat = _time(lambda s=source, r=rows_n: s.fetch_block(r, SMALL), count, warmup)
