@@ -159,10 +159,12 @@ def openai_server(
         while True:
             if proc.poll() is not None:
                 raise RuntimeError("the OpenAI server exited: " + log.read_text()[-3000:])
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(base + "/health", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError("the OpenAI server did not start: " + log.read_text()[-3000:])
             time.sleep(1)

@@ -27,9 +27,8 @@ def _generate(llm: Any, prompts: list[str], params: Any) -> list[Any]:
 
 
 def test_entry_point_is_what_vllm_loads() -> None:
-    from vllm.v1.sample.logits_processor import _load_logitsprocs_plugins
-
     from qr_vllm.processor import QRSamplerLogitsProcessor
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_plugins
 
     assert QRSamplerLogitsProcessor in _load_logitsprocs_plugins()
 

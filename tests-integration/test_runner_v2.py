@@ -19,14 +19,13 @@ def test_v2_loader_builds_the_processor_and_rows_are_forced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import torch
+    from qr_vllm.processor import QRSamplerLogitsProcessor
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor import (
         LogitsContext,
         build_custom_logits_processors,
         build_custom_logits_processors_params_validator,
     )
-
-    from qr_vllm.processor import QRSamplerLogitsProcessor
 
     monkeypatch.setenv("QR_ENTROPY_SOURCE_TYPE", "mock_uniform")
     monkeypatch.setenv("QR_SAMPLE_COUNT", "128")
@@ -79,10 +78,9 @@ def test_v2_loader_builds_the_processor_and_rows_are_forced(
 
 
 def test_v1_loader_accepts_the_same_class() -> None:
-    from vllm.v1.sample.logits_processor import LogitsProcessor as V1
-    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2
-
     from qr_vllm.processor import QRSamplerLogitsProcessor
+    from vllm.v1.sample.logits_processor import LogitsProcessor as V1Base
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2Base
 
-    assert issubclass(QRSamplerLogitsProcessor, V1)
-    assert issubclass(QRSamplerLogitsProcessor, V2)
+    assert issubclass(QRSamplerLogitsProcessor, V1Base)
+    assert issubclass(QRSamplerLogitsProcessor, V2Base)

@@ -318,11 +318,11 @@ def test_unexpected_errors_are_logged_and_fail_the_step(caplog: pytest.LogCaptur
 def test_validate_params_refuses_bad_keys_and_values() -> None:
     QRSamplerLogitsProcessor.validate_params(params(qr_top_k=3))
     QRSamplerLogitsProcessor.validate_params(SamplingParams(extra_args={"other": 1}))
-    with pytest.raises(ValueError, match="qr_top_p=2.0"):
+    with pytest.raises(ValueError, match=r"qr_top_p=2\.0"):
         QRSamplerLogitsProcessor.validate_params(params(qr_top_p=2.0))
     with pytest.raises(ConfigValidationError, match="infrastructure"):
         QRSamplerLogitsProcessor.validate_params(params(qr_entropy_source_type="system"))
-    with pytest.raises(ConfigValidationError, match="temperature_strategy='hot'.*fixed"):
+    with pytest.raises(ConfigValidationError, match=r"temperature_strategy='hot'.*fixed"):
         QRSamplerLogitsProcessor.validate_params(params(qr_temperature_strategy="hot"))
 
 

@@ -1,0 +1,139 @@
+"""qr-vllm processor benchmark: one command, every comparison side by side.
+
+Run in the vLLM environment: ``python benchmarks/bench_processor.py [--quick] [--no-e2e]``.
+
+(a) per-step time of the processor's apply (entropy fetch included, ``system``
+    source, 20,480 bytes per row) at B ∈ {1, 8, 64}, V ∈ {32000, 151936},
+    against vLLM's own sampler on the same logits (temperature, then vLLM's
+    TopKTopPSampler) for the same (k, p), and against one pass over the logits
+    (a row-wise max), for (k, p) = (50, 0.9);
+(f) the entropy fetch plus amplification of 64 × 20,480 bytes against reading
+    the same bytes from os.urandom;
+(b) end-to-end decode tokens/s on the tiny model (see bench_e2e.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _time(fn: Any, repeat: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def per_step(quick: bool) -> list[tuple[int, int, float, float, float]]:
+    import torch
+    from qr_vllm import QRSamplerConfig
+    from qr_vllm.processor import QRSamplerLogitsProcessor
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+    from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
+
+    torch.manual_seed(0)
+    sizes = [(b, v) for v in (32000, 151936) for b in (1, 8, 64)]
+    repeat = 5 if quick else 20
+    rows = []
+    vllm_sampler = TopKTopPSampler()
+    for b, v in sizes:
+        if quick and b == 64 and v == 151936:
+            repeat = 3
+        config = QRSamplerConfig(
+            entropy_source_type="system", log_level="none", top_k=50, top_p=0.9
+        )
+        proc = QRSamplerLogitsProcessor(None, torch.device("cpu"), False, config=config)
+        params = SamplingParams(max_tokens=1)
+        proc.update_state(
+            BatchUpdate(
+                batch_size=b, removed=[], added=[(i, params, [1], []) for i in range(b)], moved=[]
+            )
+        )
+        base = torch.randn(b, v) * 3
+        work = base.clone()
+        k = torch.full((b,), 50, dtype=torch.int64)
+        p = torch.full((b,), 0.9)
+        temp = torch.full((b,), 0.7)
+
+        def ours(work: Any = work, base: Any = base, proc: Any = proc) -> None:
+            work.copy_(base)
+            proc.apply(work)
+
+        def theirs(
+            work: Any = work, base: Any = base, k: Any = k, p: Any = p, temp: Any = temp
+        ) -> None:
+            work.copy_(base)
+            logits = work.div_(temp.unsqueeze(1))
+            vllm_sampler(logits, {}, k, p)
+
+        def one_pass(work: Any = work, base: Any = base) -> None:
+            work.copy_(base)
+            torch.amax(work, dim=1)
+
+        copy = _time(lambda work=work, base=base: work.copy_(base), repeat)
+        t_ours = _time(ours, repeat) - copy
+        t_vllm = _time(theirs, repeat) - copy
+        t_pass = _time(one_pass, repeat) - copy
+        rows.append((b, v, t_ours, t_vllm, t_pass))
+        proc.close()
+    return rows
+
+
+def fetch_vs_urandom(quick: bool) -> tuple[float, float]:
+    from qr_core import AmplifierRegistry
+    from qr_entropy import EntropySourceRegistry
+
+    source = EntropySourceRegistry.get("system")()
+    amplifier = AmplifierRegistry.build("zscore_mean")
+    rows, n = 64, 20480
+    repeat = 10 if quick else 50
+
+    def ours() -> None:
+        amplifier.amplify_batch(source.fetch_block(rows, n).data)
+
+    return _time(ours, repeat), _time(lambda: os.urandom(rows * n), repeat)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, short e2e run")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end engines")
+    args = parser.parse_args()
+
+    steps = per_step(args.quick)
+    print("(a) per-step time on CPU, ms (k=50, p=0.9, 20,480 bytes/row, system source)")
+    print(
+        f"{'B':>3} {'V':>7} {'qr-vllm':>9} {'vLLM sampler':>13} {'ratio':>6} "
+        f"{'1 pass':>8} {'ratio':>6}"
+    )
+    for b, v, ours, vllm_t, one in steps:
+        print(
+            f"{b:>3} {v:>7} {ours * 1e3:>9.3f} {vllm_t * 1e3:>13.3f} {ours / vllm_t:>6.2f} "
+            f"{one * 1e3:>8.3f} {ours / one:>6.1f}"
+        )
+    ours_f, urandom_f = fetch_vs_urandom(args.quick)
+    print("\n(f) 64 x 20,480 bytes: fetch + amplification vs os.urandom, ms")
+    print(
+        f"fetch+amplify {ours_f * 1e3:.3f}   os.urandom {urandom_f * 1e3:.3f}   "
+        f"ratio {ours_f / urandom_f:.2f}"
+    )
+    if not args.no_e2e:
+        import bench_e2e
+
+        bench_e2e.print_table(bench_e2e.run(args.quick))
+
+
+if __name__ == "__main__":
+    main()
