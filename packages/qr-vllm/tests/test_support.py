@@ -1,0 +1,93 @@
+"""The tiny model builder, the entropy-server helper, the CLI and import hygiene."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from qr_vllm import TinyModelSpec, build_tiny_model
+from qr_vllm._entropy_server import EntropyServerProcess
+from qr_vllm.cli import app
+from typer.testing import CliRunner
+
+
+def test_import_opens_nothing_and_stays_light() -> None:
+    code = (
+        "import sys, threading; before = threading.active_count(); import qr_vllm; "
+        "assert threading.active_count() == before; "
+        "print(sorted(m for m in ('torch', 'vllm', 'grpc', 'qr_grpc') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_processor_module_import_opens_nothing() -> None:
+    pytest.importorskip("vllm")
+    code = (
+        "import threading, socket\n"
+        # vLLM's own modules may open sockets at import; only what we add counts.
+        "import vllm.v1.sample.logits_processor, vllm.v1.worker.gpu.sample.logits_processor\n"
+        "import vllm.v1.sample.ops.penalties, qr_core, qr_entropy\n"
+        "opened = []\n"
+        "real = socket.socket.__init__\n"
+        "def spy(self, *a, **k):\n    opened.append(a)\n    real(self, *a, **k)\n"
+        "socket.socket.__init__ = spy\n"
+        "import qr_vllm.processor\n"
+        "names = [t.name for t in threading.enumerate()]\n"
+        "print(len(opened), [n for n in names if n.startswith('qr-')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_tiny_model_is_built_once_and_cached(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    spec = TinyModelSpec(num_layers=1)
+    first = build_tiny_model(spec, cache_dir=tmp_path)
+    config = json.loads((first / "config.json").read_text())
+    assert config["hidden_size"] == 64
+    assert config["num_attention_heads"] == 2
+    assert (first / "tokenizer.json").is_file()
+    assert "chat_template" not in json.loads((first / "tokenizer_config.json").read_text())
+    assert build_tiny_model(spec, cache_dir=tmp_path) == first
+    assert TinyModelSpec(num_layers=2).digest != spec.digest
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no staging left behind
+
+
+def test_entropy_server_helper_starts_and_stops() -> None:
+    pytest.importorskip("qr_grpc")
+    server = EntropyServerProcess()
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = server.address
+    with server:
+        assert server.socket_path.exists()
+        env = server.environment()
+        assert env["QR_GRPC_SERVER_ADDRESS"].startswith("unix:///")
+        assert env["QR_GRPC_MODE"] == "bidi_streaming"
+        server.kill()
+        assert server.process is not None
+        assert server.process.poll() is not None
+    assert not server.socket_path.parent.exists()
+
+
+def test_entropy_server_that_cannot_start_says_why() -> None:
+    pytest.importorskip("qr_grpc")
+    with pytest.raises(RuntimeError, match="did not start"):
+        EntropyServerProcess(source="no_such_source", startup_timeout_s=20).start()
+
+
+def test_cli_config_lists_settings_and_scope(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QR_TOP_K", "9")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "QR_TOP_K = 9" in result.output
+    assert "QR_RECORDS_PATH" in result.output
+    assert "supported: >=0.32,<0.33" in result.output
+    help_text = CliRunner().invoke(app, ["demo", "--help"]).output
+    assert "--max-tokens" in help_text
