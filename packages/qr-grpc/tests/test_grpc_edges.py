@@ -15,7 +15,7 @@ import pytest
 from grpc_helpers import KeyedSource, address_for, expected_bytes
 from qr_entropy import EntropySettings
 from qr_grpc import EntropyServer, GrpcEntropyUnavailableError, GrpcSettings, QuantumGrpcSource
-from qr_grpc._loop import LoopThread
+from qr_grpc._loop import LoopStoppedError, LoopThread
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 
 MakeClient = Callable[..., QuantumGrpcSource]
@@ -118,7 +118,7 @@ def test_settings_default_to_the_environment(monkeypatch: pytest.MonkeyPatch) ->
         source.close()
 
 
-def test_loop_thread_runs_raises_times_out_and_restarts() -> None:
+def test_loop_thread_runs_raises_times_out_and_stops_for_good() -> None:
     loop = LoopThread("qr-grpc-test-loop")
     assert not loop.started
 
@@ -139,7 +139,8 @@ def test_loop_thread_runs_raises_times_out_and_restarts() -> None:
         loop.run(forever(), timeout_s=0.05)
     loop.stop()
     assert not loop.started
-    assert loop.run(value()) == 7  # starts afresh
+    with pytest.raises(LoopStoppedError):  # final: a racing fetch must not restart it
+        loop.run(value())
     loop.stop()
 
 
@@ -153,3 +154,32 @@ def test_loop_thread_stop_before_start_closes_the_cleanup() -> None:
         loop.stop(cleanup())
         gc.collect()
     assert not loop.started
+
+
+@pytest.mark.parametrize("mode", ["unary", "bidi_streaming"])
+def test_close_during_a_fetch_fails_that_fetch_cleanly(
+    mode: str, short_tmp: Path, start_server: StartServer, make_client: MakeClient
+) -> None:
+    import threading
+    import time
+
+    server = start_server(KeyedSource(), address_for("unix", short_tmp), delay_ms=400)
+    client = make_client(server.address, grpc_mode=mode, grpc_timeout_ms=10_000)
+    assert client.get_random_bytes(8) == expected_bytes(8)
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            client.get_random_bytes(64)
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    time.sleep(0.1)
+    client.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], GrpcEntropyUnavailableError), repr(outcome[0])
+    assert not any(t.name == "qr-grpc-client" for t in threading.enumerate())

@@ -8,9 +8,13 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread"]
+__all__ = ["LoopStoppedError", "LoopThread"]
 
 _T = TypeVar("_T")
+
+
+class LoopStoppedError(RuntimeError):
+    """`LoopThread.run` was called after `LoopThread.stop`."""
 
 
 class LoopThread:
@@ -18,7 +22,7 @@ class LoopThread:
 
     Nothing is started by the constructor: the thread appears on the first `run`, so that
     building a source (or importing this module) in a process that never fetches costs no
-    thread.
+    thread. `stop` is final: a fetch racing a close must not start a new thread.
 
     Args:
         name: Thread name, shown in debuggers and thread dumps.
@@ -29,6 +33,7 @@ class LoopThread:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     @property
     def started(self) -> bool:
@@ -37,6 +42,8 @@ class LoopThread:
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._stopped:
+                raise LoopStoppedError(f"event loop thread {self._name!r} was stopped")
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
@@ -61,8 +68,15 @@ class LoopThread:
 
         Returns:
             The coroutine's result; its exception is re-raised here.
+
+        Raises:
+            LoopStoppedError: `stop` was called (the coroutine is closed unrun).
         """
-        loop = self._ensure_loop()
+        try:
+            loop = self._ensure_loop()
+        except LoopStoppedError:
+            coro.close()
+            raise
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result(timeout_s)
@@ -73,9 +87,10 @@ class LoopThread:
     def stop(self, cleanup: Coroutine[Any, Any, None] | None = None) -> None:
         """Run an optional cleanup coroutine, then stop the loop and join its thread.
 
-        Idempotent; a stopped LoopThread starts afresh on the next `run`.
+        Idempotent; afterwards `run` raises `LoopStoppedError`.
         """
         with self._lock:
+            self._stopped = True
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is None or thread is None:

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 FailureKind = Literal["timeout", "transport", "rejected", "protocol"]
 
 _HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+# Details grpc.aio gives a call whose write failed inside the library (not a server status).
+_CORE_WRITE_ERROR = "Internal error from Core"
 # How long a failed bidi write waits for the reader to learn the server's status.
 _READER_GRACE_S = 1.0
 # Codes that mean the connection, not the server's judgement, failed: rebuild the channel.
@@ -101,6 +103,11 @@ def _classify(error: grpc.aio.AioRpcError, what: str) -> FetchFailure:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return FetchFailure("timeout", detail)
     if code in _TRANSPORT_CODES:
+        return FetchFailure("transport", detail)
+    if code == grpc.StatusCode.INTERNAL and (error.details() or "").startswith(_CORE_WRITE_ERROR):
+        # grpc.aio's own marker for a write that failed because the call had already
+        # ended (e.g. the server closed the stream as the request went out): the
+        # server's status is lost, the stream is gone, a new one may well work.
         return FetchFailure("transport", detail)
     return FetchFailure("rejected", detail)
 
@@ -202,9 +209,13 @@ class BidiSession:
             seq = next(self._seq)
             self._pending[seq] = waiter
             # Inside the lock so writes leave in sequence order (the FIFO fallback needs it).
-            self._loop.call_soon_threadsafe(
-                self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq))
-            )
+            try:
+                self._loop.call_soon_threadsafe(
+                    self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq))
+                )
+            except RuntimeError:  # the loop was closed under us (source closed meanwhile)
+                del self._pending[seq]
+                raise FetchFailure("transport", "client event loop stopped") from None
         try:
             return waiter.result(timeout_s)
         except concurrent.futures.TimeoutError:

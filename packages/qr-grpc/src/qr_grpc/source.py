@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from qr_entropy import EntropyBlock, EntropyFetch, EntropySettings, EntropySourc
 from qr_grpc._address import GrpcAddress, parse_address
 from qr_grpc._breaker import CircuitBreaker, CircuitState
 from qr_grpc._errors import CircuitOpenError, GrpcConfigError, GrpcEntropyUnavailableError
-from qr_grpc._loop import LoopThread
+from qr_grpc._loop import LoopStoppedError, LoopThread
 from qr_grpc._proto.entropy_service_pb2 import EntropyResponse
 from qr_grpc._settings import GrpcSettings
 from qr_grpc._transport import (
@@ -262,6 +263,10 @@ class QuantumGrpcSource(EntropySource):
         attempts = 1 + self._settings.grpc_retry_count
         last: FetchFailure | None = None
         for attempt in range(1, attempts + 1):
+            if self._closed:  # closed by another thread between attempts
+                raise GrpcEntropyUnavailableError(
+                    f"quantum_grpc source for {self._address} is closed"
+                )
             if not self._breaker.allow_request():
                 cause = f"; last error: {last.detail}" if last is not None else ""
                 raise CircuitOpenError(
@@ -276,6 +281,14 @@ class QuantumGrpcSource(EntropySource):
                 response = self._attempt(n, timeout_s)
             except FetchFailure as failure:
                 last = failure
+                logger.debug(
+                    "quantum_grpc attempt %d/%d for %d bytes failed (%s): %s",
+                    attempt,
+                    attempts,
+                    n,
+                    failure.kind,
+                    failure.detail,
+                )
                 self._breaker.record_failure(timeout_s if failure.kind == "timeout" else None, n)
                 self._log_transition(state_before, failure.detail)
                 if failure.kind == "transport" and attempt < attempts:
@@ -295,8 +308,20 @@ class QuantumGrpcSource(EntropySource):
         )
 
     def _attempt(self, n: int, timeout_s: float) -> EntropyResponse:
+        try:
+            return self._attempt_on_loop(n, timeout_s)
+        except LoopStoppedError:
+            raise FetchFailure("transport", "source closed during the fetch") from None
+
+    def _attempt_on_loop(self, n: int, timeout_s: float) -> EntropyResponse:
         if self._settings.grpc_mode != "bidi_streaming":
-            return self._loop.run(self._transport.fetch(n, timeout_s), timeout_s + _LOOP_GRACE_S)
+            try:
+                return self._loop.run(
+                    self._transport.fetch(n, timeout_s), timeout_s + _LOOP_GRACE_S
+                )
+            except concurrent.futures.CancelledError:
+                # close() cancels what is running on the loop.
+                raise FetchFailure("transport", "fetch cancelled by close()") from None
         session = self._bidi
         if session is None or session.failure is not None:
             session = self._bidi = self._loop.run(self._transport.bidi_session())
