@@ -213,6 +213,8 @@ def test_api_key_required_and_rejected_when_wrong(
     assert "k-123" not in repr(status)
     assert "k-123" not in caplog.text
     assert "guess" not in caplog.text
+    # A refusal is the server's answer: the channel is kept.
+    assert "rebuilding grpc channel" not in caplog.text
 
 
 def test_server_side_source_failure_is_unavailable(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,15 +30,25 @@ StartServer = Callable[..., EntropyServer]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_server_killed_between_fetches(
-    mode: str, short_tmp: Path, spawn_server: SpawnServer, make_client: MakeClient
+def test_server_killed_between_fetches_then_restarted(
+    mode: str,
+    short_tmp: Path,
+    spawn_server: SpawnServer,
+    make_client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = spawn_server("--address", f"unix://{short_tmp / 'k.sock'}")
+    address = f"unix://{short_tmp / 'k.sock'}"
+    server = spawn_server("--address", address)
     client = make_client(server.address, grpc_mode=mode, grpc_retry_count=1)
     assert len(client.get_random_bytes(256)) == 256
     server.kill()
+    caplog.set_level(logging.DEBUG, logger="qr_grpc")
     with pytest.raises(GrpcEntropyUnavailableError, match=r"UNAVAILABLE|closed|cancelled"):
         client.get_random_bytes(256)
+    # A transport failure rebuilds the channel; the same source works once a server is back.
+    assert "rebuilding grpc channel" in caplog.text
+    spawn_server("--address", address)
+    assert len(client.get_random_bytes(256)) == 256
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -39,7 +39,7 @@ from qr_grpc._logfmt import LogFormat, configure_logging
 from qr_grpc._proto import entropy_service_pb2
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 
-__all__ = ["DEFAULT_MAX_BYTES_PER_REQUEST", "EntropyServer", "main", "serve"]
+__all__ = ["DEFAULT_MAX_BYTES_PER_REQUEST", "SERVICE_NAME", "EntropyServer", "main", "serve"]
 
 logger = logging.getLogger(__name__)
 

@@ -127,6 +127,10 @@ class QuantumGrpcSource(EntropySource):
         options: list[tuple[str, object]] = [
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.max_receive_message_length", max_bytes),
+            # Channels in a process share connections (subchannels) by default, and with
+            # them the reconnect backoff of a failed one; a rebuilt channel must really
+            # reconnect, so each channel keeps its own.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         server_name = settings.grpc_tls_server_name
         if not server_name and tls is not None and self._address.kind == "unix":
