@@ -299,8 +299,9 @@ class QuantumGrpcSource(EntropySource):
                     continue
                 break
             except BaseException:
-                # The calling thread gave up (loop wedged, interrupt): the request is lost.
-                self._breaker.record_failure(timeout_s, n)
+                # An interrupt (KeyboardInterrupt) or a bug: the request's outcome is unknown,
+                # and the half-open probe slot must not stay taken forever.
+                self._breaker.record_failure(None, n)
                 raise
             self._breaker.record_success(time.perf_counter() - started, n)
             self._log_transition(state_before, "")
@@ -326,6 +327,11 @@ class QuantumGrpcSource(EntropySource):
             except concurrent.futures.CancelledError:
                 # close() cancels what is running on the loop.
                 raise FetchFailure("transport", "fetch cancelled by close()") from None
+            except concurrent.futures.TimeoutError:
+                # The coroutine enforces the deadline; this is the loop itself not answering.
+                raise FetchFailure(
+                    "timeout", f"client event loop did not answer within {timeout_s:.3f} s"
+                ) from None
         session = self._bidi
         if session is None or session.failure is not None:
             session = self._bidi = self._loop.run(self._transport.bidi_session())
