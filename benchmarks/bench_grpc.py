@@ -8,8 +8,10 @@ Starts ``qr-entropy-server --source system`` as a separate process on loopback T
 a Unix socket, then times ``get_random_bytes`` (one request, one response, length
 checked) for 20,480 bytes and for 64 x 20,480 bytes in each mode. The floor is
 ``os.urandom`` of the same size, timed in the same run, so the "over floor" column is the
-cost of the transport. A last section times ``fetch_block`` (what the logits processor
-calls), which adds the client-side SP 800-90B health tests.
+cost of the transport. A "raw grpc.aio bidi" row does the same exchange with bare
+grpc.aio in its own event loop, the reference for what gRPC itself costs on this machine.
+A last section times ``fetch_block`` (what the logits processor calls), which adds the
+client-side SP 800-90B health tests.
 
 Target (issue #4): bidi_streaming over a Unix socket within 300 µs p50 of the floor for a
 20,480-byte fetch.
@@ -71,6 +73,37 @@ def _time(fn: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
     return out / 1000.0  # µs
 
 
+def _raw_aio_bidi(address: str, size: int, count: int, warmup: int) -> np.ndarray:
+    """The same exchange with bare grpc.aio on its own loop: no qr-grpc client around it.
+
+    This is the reference for what gRPC itself costs here (the client's thread hop,
+    breaker and length check are what the QuantumGrpcSource rows add on top).
+    """
+    import asyncio
+
+    import grpc.aio
+    from qr_grpc import entropy_service_pb2 as pb2
+
+    async def run() -> np.ndarray:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.stream_stream(
+                "/qr_entropy.EntropyService/StreamEntropy",
+                request_serializer=pb2.EntropyRequest.SerializeToString,
+                response_deserializer=pb2.EntropyResponse.FromString,
+            )()
+            out = np.empty(count)
+            for i in range(-warmup, count):
+                t0 = time.perf_counter_ns()
+                await call.write(pb2.EntropyRequest(bytes_needed=size, sequence_id=i + warmup + 1))
+                await call.read()
+                if i >= 0:
+                    out[i] = time.perf_counter_ns() - t0
+            call.cancel()
+            return out / 1000.0
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
@@ -103,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append((mode, transport, size, p50, p99, p50 - floor[size][0]))
                 finally:
                     source.close()
+
+        for size, count in iterations.items():
+            lat = _raw_aio_bidi(unix_addr, size, count, warmup)
+            p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+            rows.append(("raw grpc.aio bidi", "unix", size, p50, p99, p50 - floor[size][0]))
 
         block_rows = []
         source = QuantumGrpcSource(_settings(unix_addr, "bidi_streaming"))
