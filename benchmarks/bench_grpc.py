@@ -98,7 +98,10 @@ def _raw_aio_bidi(address: str, size: int, count: int, warmup: int) -> np.ndarra
                 await call.read()
                 if i >= 0:
                     out[i] = time.perf_counter_ns() - t0
-            call.cancel()
+            # End the call normally (not cancel) so no event is left for a closed loop.
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
             return out / 1000.0
 
     return asyncio.run(run())
