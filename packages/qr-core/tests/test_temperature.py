@@ -27,6 +27,28 @@ def test_entropy_matches_scipy_and_ignores_minus_inf() -> None:
         assert math.isclose(got[r], stats.entropy(special.softmax(finite)), rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("block_elements", [1, 100, 250, 1 << 20])
+def test_entropy_in_row_blocks_matches_one_pass(
+    block_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of rows (one row, several, a ragged last block, all) give the same entropies,
+    and the reused scratch buffers carry nothing from one call or block into the next."""
+    from qr_core import _array
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(7, 50)) * 4
+    logits[3, :45] = -np.inf
+    logits[5, :] = -np.inf
+    logits[5, 9] = 1.5  # one finite logit: entropy exactly 0
+    expected = [stats.entropy(special.softmax(row[np.isfinite(row)])) for row in logits]
+    monkeypatch.setattr(_array.Backend, "host_block_elements", block_elements)
+    for _ in range(2):
+        got = compute_shannon_entropy(logits)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+        got32 = compute_shannon_entropy(logits.astype(np.float32))
+        np.testing.assert_allclose(got32, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_entropy_known_values() -> None:
     assert math.isclose(
         compute_shannon_entropy(np.zeros(1000, dtype=np.float32)), math.log(1000), rel_tol=1e-6

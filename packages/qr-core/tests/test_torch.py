@@ -131,3 +131,25 @@ def test_temperature_on_tensors_matches_numpy() -> None:
     assert fixed.temperature.dtype == torch.float64
     assert bool((fixed.temperature == 0.3).all())
     assert EDTTemperatureStrategy().compute_temperature(tensor[2]).temperature > 0
+
+
+@pytest.mark.parametrize("block_elements", [300, 700, 1 << 20])
+def test_entropy_in_row_blocks_on_tensors(
+    block_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPU tensors go through the same reused row-block buffers as numpy, bf16 included."""
+    from qr_core import _array
+
+    rng = np.random.default_rng(8)
+    logits = rng.standard_normal((5, 300)) * 3
+    logits[1, 20:] = -np.inf
+    expected = compute_shannon_entropy(logits)
+    monkeypatch.setattr(_array.Backend, "host_block_elements", block_elements)
+    for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        got = compute_shannon_entropy(torch.from_numpy(logits).to(dtype))
+        np.testing.assert_allclose(to_numpy(got), expected, rtol=rtol)
+    bf16 = torch.from_numpy(logits).to(torch.bfloat16)
+    got_bf16 = compute_shannon_entropy(bf16)
+    np.testing.assert_allclose(
+        to_numpy(got_bf16), compute_shannon_entropy(bf16.float().numpy()), rtol=1e-5
+    )

@@ -54,11 +54,33 @@ class Backend:
     compute_dtype: Any = np.float64
     int_dtype: Any = np.int64
 
+    #: Elements per block of rows for full-vocabulary temporaries on the host (see `row_block`).
+    host_block_elements = 1 << 20
+
     def __init__(self) -> None:
         # Full-size scratch buffers, reused across calls: allocating and
         # page-faulting a fresh (rows, vocab) buffer on every decode step costs
         # about as much as the arithmetic done in it.
         self._scratch: dict[tuple[object, ...], Any] = {}
+
+    def row_block(self, rows: int, vocab: int) -> int:
+        """How many rows one pass of full-vocabulary temporaries should cover.
+
+        On the host, temporaries of about a million elements stay in cache and
+        are served again from the heap on the next call, whereas one
+        ``(64, 151936)`` float32 temporary is a fresh 39 MB mapping per call
+        (above glibc's largest mmap threshold), whose page faults cost more than
+        the arithmetic. Accelerators cache their allocations and prefer one
+        launch over all rows.
+        """
+        if self.on_accelerator:
+            return rows
+        return max(1, min(rows, self.host_block_elements // max(vocab, 1)))
+
+    @property
+    def on_accelerator(self) -> bool:
+        """True for arrays on a GPU (or another non-CPU device)."""
+        return False
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -145,6 +167,20 @@ class Backend:
     def broadcast_rows(self, x: Any, rows: int) -> Any:
         """Repeat a ``(1, n)`` array to ``(rows, n)`` without copying."""
         return np.broadcast_to(x, (rows, x.shape[-1]))
+
+    def shift_into(self, out: Any, x: Any, shift: Any, lowest: float) -> Any:
+        """``out = max(x - shift[:, None], lowest)`` in place (``-inf`` becomes ``lowest``)."""
+        np.subtract(x, shift[:, None], out=out)
+        np.maximum(out, lowest, out=out)
+        return out
+
+    def exp_into(self, out: Any, x: Any) -> Any:
+        """``out = exp(x)`` in place."""
+        return np.exp(x, out=out)
+
+    def mul_(self, x: Any, y: Any) -> Any:
+        """``x *= y`` in place."""
+        return np.multiply(x, y, out=x)
 
     def exp_scaled_into(self, out: Any, x: Any, shift: Any, scale: Any) -> Any:
         """``out = exp((x - shift[:, None]) * scale[:, None])``, computed in place in ``out``."""
@@ -278,6 +314,7 @@ class _TorchBackend(Backend):
 
         self._torch = torch
         self.device = device
+        self._on_accelerator = device.type != "cpu"
         # MPS has no float64; everywhere else the small per-row work runs in double.
         self.compute_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.int_dtype = torch.int64
@@ -319,6 +356,10 @@ class _TorchBackend(Backend):
     def cast(self, x: Any, dtype: Any) -> Any:
         return x.to(self._dtype(dtype))
 
+    @property
+    def on_accelerator(self) -> bool:
+        return self._on_accelerator
+
     def work_dtype(self, x: Any) -> Any:
         t = self._torch
         return t.float64 if x.dtype == t.float64 else t.float32
@@ -335,6 +376,16 @@ class _TorchBackend(Backend):
 
     def broadcast_rows(self, x: Any, rows: int) -> Any:
         return x.expand(rows, x.shape[-1])
+
+    def shift_into(self, out: Any, x: Any, shift: Any, lowest: float) -> Any:
+        self._torch.sub(x, shift[:, None], out=out)
+        return out.clamp_(min=lowest)
+
+    def exp_into(self, out: Any, x: Any) -> Any:
+        return self._torch.exp(x, out=out)
+
+    def mul_(self, x: Any, y: Any) -> Any:
+        return x.mul_(y)
 
     def exp_scaled_into(self, out: Any, x: Any, shift: Any, scale: Any) -> Any:
         t = self._torch
