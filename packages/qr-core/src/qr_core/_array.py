@@ -314,7 +314,7 @@ class _TorchBackend(Backend):
 
         self._torch = torch
         self.device = device
-        self._on_accelerator = device.type != "cpu"
+        self._on_accelerator: bool = device.type != "cpu"
         # MPS has no float64; everywhere else the small per-row work runs in double.
         self.compute_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.int_dtype = torch.int64
