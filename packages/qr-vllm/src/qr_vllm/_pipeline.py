@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from qr_core import SignalAmplifier, TemperatureStrategy, TokenSelector
-from qr_entropy import EntropySource, EntropyUnavailableError, Provenance
+from qr_entropy import EntropyBlock, EntropySource, EntropyUnavailableError, Provenance
 from vllm.utils.torch_utils import make_tensor_with_pad
 from vllm.v1.sample.ops.penalties import apply_all_penalties
 
@@ -131,6 +132,7 @@ class BatchSampler:
         self._t_buf: torch.Tensor | None = None
         self._h_buf: torch.Tensor | None = None
         self._sub_buf: torch.Tensor | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
 
     # --- batch bookkeeping ---------------------------------------------------
 
@@ -199,15 +201,15 @@ class BatchSampler:
         sub = self._gather(logits, plan)
         if plan.penalty_pos is not None:
             self._apply_penalties(sub, plan)
-        temperature, entropy = self._temperature(sub, plan)
 
-        # Just in time: every row's logits exist; this is the step's only fetch.
+        # Just in time: every row's logits (penalties applied) exist now; this is the
+        # step's only fetch. It runs on the fetch thread while the temperatures and
+        # entropies are computed on the device, so a device or network round trip
+        # overlaps with that work instead of adding to it.
         started = time.monotonic_ns()
-        block = (
-            self.source.fetch_block(rows, plan.uniform_count)
-            if plan.uniform_count
-            else (self.source.fetch_block(1, plan.total_bytes))
-        )
+        pending = self._fetch(plan)
+        temperature, entropy = self._temperature(sub, plan)
+        block = pending.result()
         prov = block.provenance
         latency = prov.fetch_latency_ns or (time.monotonic_ns() - started)
 
@@ -223,6 +225,9 @@ class BatchSampler:
             top_p=plan.top_p,
             u=u_dev,
             min_p=plan.min_p,
+            # Every per-row value was checked at admission (validate_params) and
+            # by the config model; u comes clamped from the amplifier.
+            validate=False,
         )
         token_ids = _as_tensor(sel.token_id, logits)
         self._force(logits, plan.rows_t, token_ids)
@@ -261,6 +266,21 @@ class BatchSampler:
         )
 
     # --- pieces of the step ---------------------------------------------------
+
+    def _fetch(self, plan: _Plan) -> Future[EntropyBlock]:
+        if self._fetcher is None:
+            # One worker, started on the first step (never at import, ERRATA §17's
+            # several processes): requests stay one at a time and in step order.
+            self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-entropy")
+        if plan.uniform_count:
+            return self._fetcher.submit(self.source.fetch_block, plan.rows.size, plan.uniform_count)
+        return self._fetcher.submit(self.source.fetch_block, 1, plan.total_bytes)
+
+    def close(self) -> None:
+        """Stop the fetch thread (after the fetch in flight, if any)."""
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True)
+            self._fetcher = None
 
     def _gather(self, logits: torch.Tensor, plan: _Plan) -> torch.Tensor:
         if plan.rows_t is None:

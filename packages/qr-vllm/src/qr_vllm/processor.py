@@ -91,7 +91,11 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self._sampler = BatchSampler(self._source, self.sampling_logger, device, pin, runner)
         self._serials = itertools.count(1)
         self._finalizer = weakref.finalize(
-            self, QRSamplerLogitsProcessor._release, self.sampling_logger, self._source
+            self,
+            QRSamplerLogitsProcessor._release,
+            self._sampler,
+            self.sampling_logger,
+            self._source,
         )
         logger.info(
             "qr-sampler ready on runner %s (%s): source %s, fallback %s, records %s",
@@ -193,7 +197,10 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self._finalizer()
 
     @staticmethod
-    def _release(sampling_logger: SamplingLogger, source: EntropySource) -> None:
+    def _release(
+        sampler: BatchSampler, sampling_logger: SamplingLogger, source: EntropySource
+    ) -> None:
+        sampler.close()
         sampling_logger.close()
         source.close()
 
