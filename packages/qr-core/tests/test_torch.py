@@ -153,3 +153,22 @@ def test_entropy_in_row_blocks_on_tensors(
     np.testing.assert_allclose(
         to_numpy(got_bf16), compute_shannon_entropy(bf16.float().numpy()), rtol=1e-5
     )
+
+
+def test_scratch_buffers_survive_switching_inference_mode() -> None:
+    """vLLM samples under torch.inference_mode; the same thread may later work outside it.
+    Reused buffers made in one mode must not be updated in place in the other."""
+    rng = np.random.default_rng(9)
+    logits = torch.from_numpy(rng.standard_normal((3, 5000)).astype(np.float32))
+    selector = TokenSelector()
+    kwargs = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "u": 0.5}
+    with torch.inference_mode():
+        inside = compute_shannon_entropy(logits.clone())
+        picked_inside = selector.select_batch(logits.clone(), **kwargs).token_id
+    outside = compute_shannon_entropy(logits)
+    picked_outside = selector.select_batch(logits, **kwargs).token_id
+    np.testing.assert_allclose(to_numpy(outside), to_numpy(inside))
+    assert to_numpy(picked_outside).tolist() == to_numpy(picked_inside).tolist()
+    with torch.inference_mode():
+        again = compute_shannon_entropy(logits.clone())
+    np.testing.assert_allclose(to_numpy(again), to_numpy(inside))

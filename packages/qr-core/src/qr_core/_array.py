@@ -137,7 +137,7 @@ class Backend:
     def scratch(self, key: str, shape: tuple[int, int], dtype: Any) -> Any:
         """A reusable uninitialised buffer of ``shape``; its contents are overwritten by callers."""
         rows, cols = shape
-        slot = (key, dtype)
+        slot = (key, dtype, self._scratch_context())
         buf = self._scratch.get(slot)
         if buf is None or buf.shape[0] < rows * cols:
             buf = self._alloc(rows * cols, dtype)
@@ -146,6 +146,10 @@ class Backend:
 
     def _alloc(self, n: int, dtype: Any) -> Any:
         return np.empty(n, dtype=dtype)
+
+    def _scratch_context(self) -> object:
+        """What a scratch buffer must share with its later uses besides key and dtype."""
+        return None
 
     def contiguous_rows(self, x: Any) -> Any:
         """``x`` with unit stride along its last axis (a copy only when it was not)."""
@@ -366,6 +370,11 @@ class _TorchBackend(Backend):
 
     def _alloc(self, n: int, dtype: Any) -> Any:
         return self._torch.empty(n, dtype=dtype, device=self.device)
+
+    def _scratch_context(self) -> object:
+        # A tensor made under torch.inference_mode (as vLLM runs its steps) cannot
+        # be updated in place outside it, so each mode keeps its own buffers.
+        return bool(self._torch.is_inference_mode_enabled())
 
     def contiguous_rows(self, x: Any) -> Any:
         return x if x.stride(-1) == 1 else x.contiguous()
