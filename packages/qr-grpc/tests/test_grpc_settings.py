@@ -48,6 +48,19 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert "s3cret" not in repr(settings)
 
 
+def test_empty_tls_file_variables_mean_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`QR_GRPC_TLS_CA_FILE=` (as left in a .env template) is no file, not the cwd."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("QR_GRPC_TLS_CA_FILE=\nQR_GRPC_TLS_CERT_FILE=  \n")
+    monkeypatch.setenv("QR_GRPC_TLS_KEY_FILE", "")
+    settings = GrpcSettings()
+    assert settings.grpc_tls_ca_file is None
+    assert settings.grpc_tls_cert_file is None
+    assert settings.grpc_tls_key_file is None
+
+
 def test_unknown_mode_from_the_environment_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -16,13 +16,14 @@ from qr_entropy._errors import (
 from qr_entropy._fallback import FallbackEntropySource
 from qr_entropy._health import HealthMonitor, HealthTestCutoffs
 from qr_entropy._registry import ENTRY_POINT_GROUP, EntropySourceRegistry, build_entropy_source
-from qr_entropy._settings import EntropySettings
+from qr_entropy._settings import QR_SETTINGS_CONFIG, EntropySettings
 from qr_entropy.sources import MockUniformSource, SystemEntropySource, TimingNoiseSource
 
 __version__ = _version("qr-entropy")
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "QR_SETTINGS_CONFIG",
     "EntropyBlock",
     "EntropyConfigError",
     "EntropyFetch",

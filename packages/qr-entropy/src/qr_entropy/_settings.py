@@ -16,13 +16,25 @@ from qr_entropy._health import (
     MIN_FALSE_ALARM_RATE,
 )
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "EntropySettings", "FallbackMode"]
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "QR_SETTINGS_CONFIG", "EntropySettings", "FallbackMode"]
 
 #: 64 MiB: room for a batch of 1024 rows of 20,480 bytes with margin, far below
 #: what would exhaust memory by a typo (n = 10**12).
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 FallbackMode = Literal["error", "system", "mock_uniform"]
+
+
+#: The settings layout every qr-sampler package shares: ``QR_<FIELD>`` variables and
+#: a ``.env`` file in the working directory (keyword arguments win over both), with
+#: unknown ``QR_*`` keys ignored so that one ``.env`` serves every package.
+QR_SETTINGS_CONFIG = SettingsConfigDict(
+    env_prefix="QR_",
+    env_file=".env",
+    env_file_encoding="utf-8",
+    extra="ignore",
+    validate_default=True,
+)
 
 
 class EntropySettings(BaseSettings):
@@ -34,13 +46,7 @@ class EntropySettings(BaseSettings):
     ignored so that one ``.env`` can hold the settings of every qr-sampler package.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="QR_",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        validate_default=True,
-    )
+    model_config = QR_SETTINGS_CONFIG
 
     entropy_source_type: str = Field(
         default="system",

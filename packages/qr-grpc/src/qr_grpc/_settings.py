@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
+from qr_entropy import QR_SETTINGS_CONFIG
 
 __all__ = ["DEFAULT_METHOD_PATH", "DEFAULT_STREAM_METHOD_PATH", "GrpcMode", "GrpcSettings"]
 
@@ -25,13 +26,7 @@ class GrpcSettings(BaseSettings):
     every qr-sampler package.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="QR_",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        validate_default=True,
-    )
+    model_config = QR_SETTINGS_CONFIG
 
     grpc_server_address: str = Field(
         default="localhost:50051",
@@ -128,6 +123,14 @@ class GrpcSettings(BaseSettings):
         ge=1,
         description="Consecutive failed requests that open the circuit breaker.",
     )
+
+    @field_validator("grpc_tls_ca_file", "grpc_tls_cert_file", "grpc_tls_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `QR_GRPC_TLS_CA_FILE=` in a .env file means "no file", not the current directory.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("grpc_method_path", "grpc_stream_method_path")
     @classmethod
