@@ -80,16 +80,17 @@ def test_bypass_rows_are_untouched_beside_forced_rows(mock_llm: tuple[Any, Path]
     assert labels == {"qr-a": len(mixed[0].token_ids), "qr-b": len(mixed[2].token_ids)}
 
 
-def test_presence_penalty_stops_repeats(mock_llm: tuple[Any, Path]) -> None:
+@pytest.mark.parametrize(
+    "penalty", [{"presence_penalty": 2.0}, {"frequency_penalty": 2.0}, {"repetition_penalty": 2.0}]
+)
+def test_each_penalty_stops_repeats(mock_llm: tuple[Any, Path], penalty: dict[str, float]) -> None:
+    """Runner V1 applies penalties after non-argmax-invariant processors (ERRATA §6), where
+    a one-hot row would make them no-ops: the processor must apply each one itself."""
     llm, _ = mock_llm
     prompts = ["Science is the", "The quick brown", "Once upon"]
     plain = _generate(llm, prompts, _params(max_tokens=24, qr_top_k=1))
     assert any(len(set(o.token_ids)) < len(o.token_ids) for o in plain), "no repeats to stop"
-    penalised = _generate(
-        llm,
-        prompts,
-        _params(max_tokens=24, qr_top_k=1, presence_penalty=2.0, repetition_penalty=2.0),
-    )
+    penalised = _generate(llm, prompts, _params(max_tokens=24, qr_top_k=1, **penalty))
     for out in penalised:
         assert len(set(out.token_ids)) == len(out.token_ids)
 
