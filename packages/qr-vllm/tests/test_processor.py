@@ -74,9 +74,17 @@ def params(eos: int | None = 5, **extra: Any) -> SamplingParams:
 
 def add(
     proc: QRSamplerLogitsProcessor, *entries: tuple[int, SamplingParams], size: int | None = None
-) -> None:
+) -> dict[int, list[int]]:
+    """Add requests as runner V1 does; returns each slot's live output-token list."""
     added = [(i, sp, [1, 2, 3], []) for i, sp in entries]
     proc.update_state(BatchUpdate(batch_size=size or len(added), removed=[], added=added, moved=[]))
+    return {i: out for i, _, _, out in added}
+
+
+def emitted(logits: torch.Tensor, outputs: dict[int, list[int]]) -> None:
+    """What vLLM does after a step: append each row's token to its request's output list."""
+    for slot, out in outputs.items():
+        out.append(int(torch.argmax(logits[slot])))
 
 
 def one_hot_token(row: torch.Tensor) -> int:
@@ -216,15 +224,40 @@ def test_update_state_add_remove_move_swap_and_reuse(tmp_path: Path) -> None:
 
 def test_sequence_numbers_follow_the_request_across_moves(tmp_path: Path) -> None:
     proc = make(tmp_path)
-    add(proc, (0, params(qr_label="x")), (1, params(qr_label="y")))
-    proc.apply(torch.randn(2, VOCAB))
+    outputs = add(proc, (0, params(qr_label="x")), (1, params(qr_label="y")))
+    logits = torch.randn(2, VOCAB)
+    proc.apply(logits)
+    emitted(logits, outputs)
     proc.update_state(
         BatchUpdate(batch_size=2, removed=[], added=[], moved=[(0, 1, MoveDirectionality.SWAP)])
     )
+    outputs = {0: outputs[1], 1: outputs[0]}
     proc.apply(torch.randn(2, VOCAB))
     rows = records(tmp_path, proc)
     seq = {(r["label"], r["sequence_number"]): r["slot"] for r in rows}
     assert seq == {("x", 0): 0, ("y", 0): 1, ("y", 1): 0, ("x", 1): 1}
+
+
+def test_a_discarded_prefill_sample_shares_the_next_tokens_sequence_number(
+    tmp_path: Path,
+) -> None:
+    """Chunked prefill: vLLM samples a partly prefilled prompt and discards the token
+    (nothing is appended to the request's outputs). Its record carries the same
+    sequence number as the next step's, which supersedes it, so 'last record per
+    (request_serial, sequence_number)' is exactly the emitted tokens."""
+    proc = make(tmp_path)
+    outputs = add(proc, (0, params(qr_label="chunked")))
+    proc.apply(torch.randn(1, VOCAB))  # first prompt chunk: sample discarded
+    kept = []
+    for _ in range(3):
+        logits = torch.randn(1, VOCAB)
+        proc.apply(logits)
+        emitted(logits, outputs)
+        kept.append(outputs[0][-1])
+    rows = records(tmp_path, proc)
+    assert [r["sequence_number"] for r in rows] == [0, 0, 1, 2]
+    latest = {(r["request_serial"], r["sequence_number"]): r["token_id"] for r in rows}
+    assert [latest[(rows[0]["request_serial"], i)] for i in range(3)] == kept == outputs[0]
 
 
 def test_v1_penalties_are_applied_before_selection() -> None:
@@ -270,12 +303,13 @@ def test_error_mode_fails_the_requests_not_the_engine(
 ) -> None:
     source = FlakySource()
     proc = make(tmp_path, source=source, fallback_mode="error")
-    add(proc, (0, params(eos=5)), (1, params(eos=None)), (2, params(qr_bypass=True)))
+    outputs = add(proc, (0, params(eos=5)), (1, params(eos=None)), (2, params(qr_bypass=True)))
     source.down = True
     logits = torch.randn(3, VOCAB)
     original = logits.clone()
     with caplog.at_level(logging.ERROR, logger="qr_sampler"):
         proc.apply(logits)
+    emitted(logits, outputs)
     assert one_hot_token(logits[0]) == 5  # ended with its stop token
     assert torch.equal(logits[1], original[1])  # no stop token known: left to vLLM
     assert torch.equal(logits[2], original[2])  # bypass
@@ -285,6 +319,7 @@ def test_error_mode_fails_the_requests_not_the_engine(
     before = len(source.requests)
     logits = torch.randn(3, VOCAB)
     proc.apply(logits)
+    emitted(logits, outputs)
     assert one_hot_token(logits[0]) == 5
     assert len(source.requests) == before
     # A new request in a free slot works again.

@@ -426,9 +426,7 @@ class BatchSampler:
         status: str,
         error: str,
     ) -> None:
-        seqs = np.fromiter((s.next_seq for s in slots), dtype=np.int64, count=len(slots))
-        for s in slots:
-            s.next_seq += 1
+        seqs = np.fromiter((_sequence_number(s) for s in slots), dtype=np.int64, count=len(slots))
         now = time.time_ns()
         if prov is not None:
             generated = now - (time.monotonic_ns() - prov.generated_at_ns)
@@ -623,6 +621,21 @@ def _as_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     return torch.as_tensor(value, device=like.device)
+
+
+def _sequence_number(state: SlotState) -> int:
+    """The index, among the request's output tokens, of the token chosen now.
+
+    Runner V1 hands over the request's live output-token list: its length is that
+    index, also when vLLM discards this step's sample (a partly prefilled prompt
+    under chunked prefill), whose record then shares its number with the next
+    step's, which supersedes it. Runner V2 gives no such list: a counter.
+    """
+    if state.output_ids is not None:
+        return len(state.output_ids)
+    seq = state.next_seq
+    state.next_seq += 1
+    return seq
 
 
 def _is_expected_failure(exc: BaseException) -> bool:
