@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,6 +19,18 @@ from qr_core import (
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(autouse=True, scope="module", params=["torch-ops", "small-numpy-views"])
+def host_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs twice: once with torch operations throughout (small CPU tensors
+    forced off the numpy shortcut), once with the default shortcut for small CPU tensors."""
+    from qr_core import _array
+
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "torch-ops":
+            patch.setattr(_array, "SMALL_HOST_ELEMENTS", -1)
+        yield str(request.param)
 
 
 def to_numpy(x: object) -> np.ndarray:
@@ -172,3 +185,26 @@ def test_scratch_buffers_survive_switching_inference_mode() -> None:
     with torch.inference_mode():
         again = compute_shannon_entropy(logits.clone())
     np.testing.assert_allclose(to_numpy(again), to_numpy(inside))
+
+
+def test_small_cpu_tensors_come_back_as_tensors(host_path: str) -> None:
+    """Whichever path runs, a tensor in gives tensors out, with the documented dtypes."""
+    logits = torch.randn(4, 100)
+    result = TokenSelector().select_batch(
+        logits,
+        temperature=torch.full((4,), 0.8, dtype=torch.float64),
+        top_k=torch.tensor([0, 5, 1, 50]),
+        top_p=0.9,
+        u=torch.rand(4, dtype=torch.float64),
+    )
+    for value, dtype in (
+        (result.token_id, torch.int64),
+        (result.token_rank, torch.int64),
+        (result.token_prob, torch.float64),
+        (result.num_candidates, torch.int64),
+    ):
+        assert isinstance(value, torch.Tensor)
+        assert value.dtype == dtype
+    entropy = compute_shannon_entropy(logits)
+    assert isinstance(entropy, torch.Tensor)
+    assert entropy.dtype == torch.float32

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qr_core._array import Backend, backend_for, chunk_groups, is_torch_tensor
+from qr_core._array import (
+    Backend,
+    backend_for,
+    chunk_groups,
+    host_view,
+    is_torch_tensor,
+    small_host_view,
+)
 from qr_core._checks import check_logits, check_row_max
 from qr_core._errors import TokenSelectionError
 
@@ -214,6 +221,26 @@ class TokenSelector:
             TokenSelectionError: Bad logits or a parameter out of range, naming
                 the value, the row and what is allowed.
         """
+        small = small_host_view(logits)
+        if small is not None:
+            # Same code on zero-copy numpy views (see SMALL_HOST_ELEMENTS); results back as tensors.
+            import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
+
+            result = self.select_batch(
+                small,
+                temperature=_host_param("temperature", temperature, integer=False),
+                top_k=_host_param("top_k", top_k, integer=True),
+                top_p=_host_param("top_p", top_p, integer=False),
+                u=_host_param("u", u, integer=False),
+                min_p=_host_param("min_p", min_p, integer=False),
+                validate=validate,
+            )
+            return BatchSelectionResult(
+                token_id=torch.from_numpy(result.token_id),
+                token_rank=torch.from_numpy(result.token_rank),
+                token_prob=torch.from_numpy(result.token_prob),
+                num_candidates=torch.from_numpy(result.num_candidates),
+            )
         xp = self._backend(logits)
         check_logits(xp, logits, ndim=2, error=TokenSelectionError)
         rows = logits.shape[0]
@@ -278,19 +305,30 @@ def _scalar(name: str, value: object, *, integer: bool) -> float | int:
     return int(value) if integer else float(value)  # type: ignore[call-overload]
 
 
+def _check_kind(xp: Backend, name: str, arr: Any, *, integer: bool) -> None:
+    """Reject a parameter array of the wrong kind of number, naming its dtype."""
+    if not (xp.is_integer(arr) if integer else xp.is_real(arr)):
+        kind = "integer" if integer else "real"
+        msg = f"{name} must hold {kind} numbers; got dtype {xp.dtype_name(arr)}"
+        raise TokenSelectionError(msg)
+
+
+def _host_param(name: str, value: object, *, integer: bool) -> object:
+    """A CPU tensor parameter as a numpy view, its kind checked first (torch's dtype named)."""
+    if is_torch_tensor(value):
+        _check_kind(backend_for(value), name, value, integer=integer)
+    return host_view(value)
+
+
 def _row_param(xp: Backend, name: str, value: object, rows: int, *, integer: bool) -> Any:
     """Turn a scalar or a ``(rows,)`` array into a ``(rows,)`` array on the logits' device."""
     dtype = xp.int_dtype if integer else xp.compute_dtype
-    kind = "integer" if integer else "real"
     if isinstance(value, np.ndarray) or is_torch_tensor(value):
         if is_torch_tensor(value) and xp.kind != "torch":
             msg = f"{name} is a torch tensor but the logits are a numpy array; pass one kind"
             raise TokenSelectionError(msg)
         arr: Any = value
-        probe = xp if xp.owns(arr) else backend_for(arr)
-        if not (probe.is_integer(arr) if integer else probe.is_real(arr)):
-            msg = f"{name} must hold {kind} numbers; got dtype {probe.dtype_name(arr)}"
-            raise TokenSelectionError(msg)
+        _check_kind(xp if xp.owns(arr) else backend_for(arr), name, arr, integer=integer)
         shape = tuple(arr.shape)
         if shape not in ((), (rows,)):
             msg = f"{name} must be a scalar or have shape ({rows},); got shape {shape}"

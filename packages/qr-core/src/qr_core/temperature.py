@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
-from qr_core._array import Backend, backend_for, is_torch_tensor
+from qr_core._array import Backend, backend_for, is_torch_tensor, small_host_view
 from qr_core._checks import check_logits, check_row_max
 from qr_core._errors import TemperatureStrategyError
 from qr_core._registry import ComponentRegistry
@@ -59,6 +59,12 @@ def _entropy_rows(xp: Backend, logits: Any) -> Any:
     more than the arithmetic done in it). Accelerators take all rows at once
     through their caching allocator.
     """
+    small = small_host_view(logits)
+    if small is not None:
+        # Same code on a zero-copy numpy view (see SMALL_HOST_ELEMENTS), back as a tensor.
+        import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
+
+        return torch.from_numpy(_entropy_rows(Backend(), small))
     rows, vocab = tuple(logits.shape)
     work = xp.work_dtype(logits)
     step = xp.row_block(rows, vocab)
