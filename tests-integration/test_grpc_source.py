@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,92 +34,87 @@ def _kill_when(records: Path, count: int, server: EntropyServerProcess) -> threa
     return thread
 
 
-def test_generation_survives_a_killed_server_with_flagged_fallback(
-    tiny_model: Path, tmp_path: Path
-) -> None:
-    records = tmp_path / "grpc.jsonl"
+@contextlib.contextmanager
+def _engine_on_grpc(
+    tiny_model: Path, records: Path, **settings: str
+) -> Iterator[tuple[Any, EntropyServerProcess]]:
+    """An in-process engine whose source is the reference server, bidi on a Unix socket."""
     server = EntropyServerProcess().start()
     try:
-        env = server.environment("bidi_streaming")
         with in_process_llm(
             tiny_model,
             QR_RECORDS_PATH=str(records),
             QR_SAMPLE_COUNT="2048",
             QR_GRPC_TIMEOUT_MS="500",
-            **env,
+            **server.environment("bidi_streaming"),
+            **settings,
         ) as llm:
-            outs = llm.generate(["Once upon a time"] * 2, _long(qr_label="live"), use_tqdm=False)
-            rows = read_records(records, 240)
-            assert len(rows) == sum(len(o.outputs[0].token_ids) for o in outs) == 240
-            assert {r["entropy_source"] for r in rows} == {"quantum_grpc"}
-            assert not any(r["is_fallback"] for r in rows)
-
-            killer = _kill_when(records, 240 + 20, server)
-            outs = llm.generate(
-                ["The weather today is"] * 2, _long(qr_label="killed"), use_tqdm=False
-            )
-            killer.join(5)
-            assert all(len(o.outputs[0].token_ids) == 120 for o in outs)
-            rows = [r for r in read_records(records, 480) if r["label"] == "killed"]
-            assert len(rows) == 240
-            assert any(not r["is_fallback"] for r in rows)
-            fallback = [r for r in rows if r["is_fallback"]]
-            assert fallback, "no token was flagged after the server died"
-            assert all(r["entropy_source"] == "system" and r["fallback_reason"] for r in fallback)
-            # The engine keeps serving.
-            again = llm.generate(["A random number is"], _long(qr_label="after"), use_tqdm=False)
-            assert len(again[0].outputs[0].token_ids) == 120
+            yield llm, server
     finally:
         server.stop()
+
+
+def test_generation_survives_a_killed_server_with_flagged_fallback(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    records = tmp_path / "grpc.jsonl"
+    with _engine_on_grpc(tiny_model, records) as (llm, server):
+        outs = llm.generate(["Once upon a time"] * 2, _long(qr_label="live"), use_tqdm=False)
+        rows = read_records(records, 240)
+        assert len(rows) == sum(len(o.outputs[0].token_ids) for o in outs) == 240
+        assert {r["entropy_source"] for r in rows} == {"quantum_grpc"}
+        assert not any(r["is_fallback"] for r in rows)
+
+        killer = _kill_when(records, 240 + 20, server)
+        outs = llm.generate(["The weather today is"] * 2, _long(qr_label="killed"), use_tqdm=False)
+        killer.join(5)
+        assert all(len(o.outputs[0].token_ids) == 120 for o in outs)
+        rows = [r for r in read_records(records, 480) if r["label"] == "killed"]
+        assert len(rows) == 240
+        assert any(not r["is_fallback"] for r in rows)
+        fallback = [r for r in rows if r["is_fallback"]]
+        assert fallback, "no token was flagged after the server died"
+        assert all(r["entropy_source"] == "system" and r["fallback_reason"] for r in fallback)
+        # The engine keeps serving.
+        again = llm.generate(["A random number is"], _long(qr_label="after"), use_tqdm=False)
+        assert len(again[0].outputs[0].token_ids) == 120
 
 
 def test_error_mode_ends_the_requests_and_the_engine_serves_on(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     records = tmp_path / "error.jsonl"
-    server = EntropyServerProcess().start()
-    try:
-        env = server.environment("bidi_streaming")
-        with in_process_llm(
-            tiny_model,
-            QR_RECORDS_PATH=str(records),
-            QR_SAMPLE_COUNT="2048",
-            QR_FALLBACK_MODE="error",
-            QR_GRPC_TIMEOUT_MS="500",
-            **env,
-        ) as llm:
-            from vllm import SamplingParams
+    with _engine_on_grpc(tiny_model, records, QR_FALLBACK_MODE="error") as (llm, server):
+        from vllm import SamplingParams
 
-            killer = _kill_when(records, 20, server)
-            params = SamplingParams(max_tokens=120, extra_args={"qr_label": "doomed"})
-            outs = llm.generate(["Once upon a time"] * 2, params, use_tqdm=False)
-            killer.join(5)
-            for out in outs:
-                assert len(out.outputs[0].token_ids) < 120
-                assert out.outputs[0].finish_reason == "stop"
-            rows = read_records(records, sum(len(o.outputs[0].token_ids) for o in outs))
-            failed = [r for r in rows if r["status"] == "failed"]
-            assert failed
-            assert all(r["error"] and r["u"] is None for r in failed)
-            # A fresh server on the same socket: new requests succeed on the same engine.
-            server.process = None
-            import subprocess
-            import sys
+        killer = _kill_when(records, 20, server)
+        params = SamplingParams(max_tokens=120, extra_args={"qr_label": "doomed"})
+        outs = llm.generate(["Once upon a time"] * 2, params, use_tqdm=False)
+        killer.join(5)
+        for out in outs:
+            assert len(out.outputs[0].token_ids) < 120
+            assert out.outputs[0].finish_reason == "stop"
+        rows = read_records(records, sum(len(o.outputs[0].token_ids) for o in outs))
+        failed = [r for r in rows if r["status"] == "failed"]
+        assert failed
+        assert all(r["error"] and r["u"] is None for r in failed)
+        # A fresh server on the same socket: new requests succeed on the same engine.
+        server.process = None
+        import subprocess
+        import sys
 
-            with open(server.log_path or tmp_path / "log", "ab") as log:
-                server.process = subprocess.Popen(
-                    [sys.executable, "-m", "qr_grpc.server", "--address", server.address],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                ok = llm.generate(
-                    ["Science is"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False
-                )
-                if len(ok[0].outputs[0].token_ids) == 8:
-                    break
-                time.sleep(0.5)
-            assert len(ok[0].outputs[0].token_ids) == 8
-    finally:
-        server.stop()
+        with open(server.log_path or tmp_path / "log", "ab") as log:
+            server.process = subprocess.Popen(
+                [sys.executable, "-m", "qr_grpc.server", "--address", server.address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ok = llm.generate(
+                ["Science is"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False
+            )
+            if len(ok[0].outputs[0].token_ids) == 8:
+                break
+            time.sleep(0.5)
+        assert len(ok[0].outputs[0].token_ids) == 8
