@@ -34,6 +34,16 @@ def test_all_255_clamps_to_one_minus_epsilon() -> None:
     assert ZScoreMeanAmplifier().amplify(b"\x00" * 64).u == DEFAULT_UNIFORM_CLAMP_EPSILON
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_byte_sums_stay_exact_past_the_32_bit_accumulator(extra: int) -> None:
+    # 255 * 16,843,009 is the largest byte sum a uint32 holds; one byte more must not wrap.
+    n = (2**32 - 1) // 255 + extra
+    block = np.full((1, n), 255, dtype=np.uint8)
+    block[0, :3] = (254, 253, 252)  # sum = 255 * n - 6, over 2**32 - 1 when extra is 1
+    result = ZScoreMeanAmplifier().amplify_batch(block)
+    assert result.sample_mean[0] == (255 * n - 6) / n
+
+
 def test_sem_uses_the_bytes_actually_received() -> None:
     short = ZScoreMeanAmplifier().amplify(bytes([200] * 100))
     long = ZScoreMeanAmplifier().amplify(bytes([200] * 400))

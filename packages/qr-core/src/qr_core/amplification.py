@@ -39,6 +39,8 @@ DEFAULT_UNIFORM_CLAMP_EPSILON: float = 1e-10
 
 # numpy has no erfc; the C library's, applied per row, costs well under a microsecond a row.
 _erfc = np.frompyfunc(math.erfc, 1, 1)
+# The longest row whose byte sum (at most 255 per byte) fits in a uint32.
+_UINT32_SUM_MAX_BYTES = (2**32 - 1) // 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +203,10 @@ class ZScoreMeanAmplifier(SignalAmplifier):
         """Amplify each row of a ``(rows, n)`` uint8 block (see the class docstring)."""
         block = _check_block(block)
         n = block.shape[1]
-        # Integer sums are exact; a float accumulator would round for large n.
-        means = block.sum(axis=1, dtype=np.uint64).astype(np.float64) / n
+        # Integer sums are exact; a float accumulator would round for large n. A 32-bit
+        # accumulator holds any row of up to 16,843,009 bytes and sums twice as fast.
+        acc = np.uint32 if n <= _UINT32_SUM_MAX_BYTES else np.uint64
+        means = block.sum(axis=1, dtype=acc).astype(np.float64) / n
         z = (means - self.population_mean) / (self.population_std / math.sqrt(n))
         # Φ(z) = erfc(−z / √2) / 2 keeps full relative precision in the lower tail.
         u = 0.5 * _erfc(-z / math.sqrt(2.0)).astype(np.float64)
