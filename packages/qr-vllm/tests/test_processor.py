@@ -128,6 +128,48 @@ def test_one_fetch_per_step_for_all_rows() -> None:
     assert source.requests == [128, 128]
 
 
+def test_the_fetch_is_under_way_before_the_step_computes_temperatures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The step's own work holds the GIL; the fetch only overlaps with it if the fetch
+    # thread is already inside the source when that work starts.
+    import threading
+    import time
+
+    from qr_vllm import _pipeline
+
+    entered, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    class SlowSource(FlakySource):
+        def get_random_bytes(self, n: int) -> bytes:
+            entered.set()
+            release.wait(5)  # a device answering slowly, without the GIL
+            return super().get_random_bytes(n)
+
+    original = _pipeline.BatchSampler._temperature
+
+    def temperature(self: Any, sub: Any, plan: Any) -> Any:
+        seen.append(entered.is_set())
+        release.set()
+        return original(self, sub, plan)
+
+    monkeypatch.setattr(_pipeline, "_FETCH_START_WAIT_S", 30.0)
+    monkeypatch.setattr(_pipeline.BatchSampler, "_temperature", temperature)
+    source = SlowSource()
+    proc = make(source=source)
+    add(proc, (0, params()), (1, params()))
+    proc.apply(torch.randn(2, VOCAB))  # the first step starts the thread, which runs at once
+    entered.clear()
+    release.clear()
+    started = time.monotonic()
+    proc.apply(logits := torch.randn(2, VOCAB))
+    assert seen == [True, True]
+    assert time.monotonic() - started < 5  # released by the step, not by the timeout
+    assert [one_hot_token(logits[i]) >= 0 for i in range(2)] == [True, True]
+    proc.close()
+
+
 def test_mixed_sample_counts_still_one_fetch() -> None:
     source = FlakySource()
     proc = make(source=source)

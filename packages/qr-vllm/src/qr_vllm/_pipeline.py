@@ -21,6 +21,7 @@ not per step, and grown only when the batch grows.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +44,8 @@ logger = logging.getLogger("qr_sampler")
 __all__ = ["BatchSampler", "SlotState"]
 
 _NEG_INF = float("-inf")
+# How long a step waits for the fetch thread to pick its request up (see _fetch).
+_FETCH_START_WAIT_S = 0.05
 
 
 @dataclass(slots=True)
@@ -133,6 +136,7 @@ class BatchSampler:
         self._h_buf: torch.Tensor | None = None
         self._sub_buf: torch.Tensor | None = None
         self._fetcher: ThreadPoolExecutor | None = None
+        self._fetch_started = threading.Event()
 
     # --- batch bookkeeping ---------------------------------------------------
 
@@ -272,9 +276,24 @@ class BatchSampler:
             # One worker, started on the first step (never at import, ERRATA §17's
             # several processes): requests stay one at a time and in step order.
             self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-entropy")
-        if plan.uniform_count:
-            return self._fetcher.submit(self.source.fetch_block, plan.rows.size, plan.uniform_count)
-        return self._fetcher.submit(self.source.fetch_block, 1, plan.total_bytes)
+        rows, count = (
+            (plan.rows.size, plan.uniform_count) if plan.uniform_count else (1, plan.total_bytes)
+        )
+        started = self._fetch_started
+        started.clear()
+        pending = self._fetcher.submit(self._run_fetch, rows, count)
+        # Wait until the worker holds the fetch: the step's own work (many small array
+        # operations) never gives up the GIL by itself, so a worker merely woken up would
+        # only get to run, and the fetch only overlap with nothing, once this thread
+        # blocks on the result. Once the worker is inside the source, it waits in a
+        # system call or on the network without the GIL. The wait is bounded: a worker
+        # that does not show up in time costs overlap, never correctness.
+        started.wait(_FETCH_START_WAIT_S)
+        return pending
+
+    def _run_fetch(self, rows: int, count: int) -> EntropyBlock:
+        self._fetch_started.set()
+        return self.source.fetch_block(rows, count)
 
     def close(self) -> None:
         """Stop the fetch thread (after the fetch in flight, if any)."""
