@@ -224,8 +224,9 @@ class Backend:
         return np.maximum(a, b)
 
     def clip(self, x: Any, lo: float, hi: float) -> Any:
-        """Clamp into ``[lo, hi]``."""
-        return np.clip(x, lo, hi)
+        """Clamp into ``[lo, hi]`` (NaN stays NaN)."""
+        # Two ufuncs: half the cost of np.clip's argument handling on the small per-row arrays.
+        return np.minimum(np.maximum(x, lo), hi)
 
     def amax(self, x: Any, axis: int) -> Any:
         """Maximum along ``axis`` (NaN propagates)."""
@@ -241,7 +242,7 @@ class Backend:
 
     def count(self, mask: Any) -> Any:
         """Number of true entries along the last axis, as int64."""
-        return np.count_nonzero(mask, axis=-1).astype(np.int64)
+        return mask.sum(axis=-1, dtype=np.int64)
 
     def any(self, mask: Any) -> bool:
         """True when any entry is true (a device synchronisation on accelerators)."""
@@ -271,7 +272,10 @@ class Backend:
     # -- indexing and ordering ----------------------------------------------------------------
 
     def gather(self, x: Any, index: Any) -> Any:
-        """``x[r, index[r, j]]`` along the last axis."""
+        """``x[r, index[r, j]]`` along the last axis (a row of one broadcasts, as in take_along_axis)."""
+        if x.ndim == 2 and index.ndim == 2:
+            # Plain fancy indexing: a third of take_along_axis's cost on small arrays.
+            return x[np.arange(x.shape[0])[:, None], index]
         return np.take_along_axis(x, index, axis=-1)
 
     def scatter_(self, x: Any, index: Any, src: Any) -> None:
