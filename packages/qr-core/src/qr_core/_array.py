@@ -272,7 +272,7 @@ class Backend:
     # -- indexing and ordering ----------------------------------------------------------------
 
     def gather(self, x: Any, index: Any) -> Any:
-        """``x[r, index[r, j]]`` along the last axis (a row of one broadcasts, as in take_along_axis)."""
+        """``x[r, index[r, j]]`` along the last axis (one row of ``x`` broadcasts)."""
         if x.ndim == 2 and index.ndim == 2:
             # Plain fancy indexing: a third of take_along_axis's cost on small arrays.
             return x[np.arange(x.shape[0])[:, None], index]
