@@ -27,6 +27,22 @@ class Problem:
     head_size: int
 
 
+# Found by hypothesis: top-k = 2 with the 2nd and 3rd logits tied, so the head's exact
+# prefix holds only the top token, and top-p < 1. Top-p must wait for the whole top-k mass
+# (two candidates), not cut at the first token against the prefix's mass alone.
+TIE_AT_TOP_K_BOUNDARY = Problem(
+    logits=np.array(
+        [[-np.inf] * 19 + [-3.0], [-np.inf] * 17 + [-3.0, -3.0, -1.0]], dtype=np.float32
+    ),
+    temperature=np.array([0.0, 1.0]),
+    top_k=np.array([0, 2]),
+    top_p=np.array([1.0, 0.9375]),
+    min_p=np.array([0.0, 0.0]),
+    u=np.array([1e-10, 0.95]),
+    head_size=1,
+)
+
+
 @st.composite
 def problems(draw: st.DrawFn) -> Problem:
     rows = draw(st.integers(1, 4))

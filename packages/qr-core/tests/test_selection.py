@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import qr_core._selection as selection_module
-from _qr_core_cases import Problem, assert_matches_reference, problems
+from _qr_core_cases import TIE_AT_TOP_K_BOUNDARY, Problem, assert_matches_reference, problems
 from _qr_core_reference import acceptable, reference_select
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from qr_core import SelectionResult, TokenSelectionError, TokenSelector
 
 ROW = np.array([1.0, 3.0, 2.0, 3.0, -np.inf, 0.0], dtype=np.float32)
@@ -93,6 +93,7 @@ class TestKnownValues:
 
 @settings(max_examples=300, deadline=None)
 @given(problems())
+@example(TIE_AT_TOP_K_BOUNDARY)
 def test_batch_matches_the_float64_reference(problem: Problem) -> None:
     result = TokenSelector(head_size=problem.head_size).select_batch(
         problem.logits,

@@ -510,7 +510,10 @@ def _decide(
     before = xp.concat([xp.full((rows, 1), 0.0, xp.compute_dtype), cum_p[:, :-1]])
     n_p = xp.count(valid & (before < top_p[:, None]))
     last = _at(xp, cum_p, valid_len - 1)
-    p_known = p_on & (k_known | tail_empty | ((valid_len > 0) & (last >= top_p)))
+    # The exact prefix alone settles top-p only when ``mass`` is the whole kept mass:
+    # without top-k it includes the tail's; with top-k it does only once the k-th token
+    # is known. (A tie at the head's boundary can hide top-k members whose mass counts.)
+    p_known = p_on & (k_known | tail_empty | (~k_on & (valid_len > 0) & (last >= top_p)))
 
     min_p = params.min_p
     m_on = min_p > 0
