@@ -43,6 +43,19 @@ TIE_AT_TOP_K_BOUNDARY = Problem(
 )
 
 
+# Found by hypothesis: top-k = 3 with the 3rd and 4th logits tied, top-p and min-p on.
+# Min-p's cut (2) is known from the head, top-p's is not, and top-p cuts first (1).
+TIE_AT_TOP_K_WITH_MIN_P = Problem(
+    logits=np.array([[-np.inf] * 13 + [-3.0, -3.0, -1.0, 0.0]], dtype=np.float32),
+    temperature=np.array([1.0]),
+    top_k=np.array([3]),
+    top_p=np.array([0.5]),
+    min_p=np.array([0.25]),
+    u=np.array([1e-10]),
+    head_size=1,
+)
+
+
 @st.composite
 def problems(draw: st.DrawFn) -> Problem:
     rows = draw(st.integers(1, 4))

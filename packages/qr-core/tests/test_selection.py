@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 import qr_core._selection as selection_module
-from _qr_core_cases import TIE_AT_TOP_K_BOUNDARY, Problem, assert_matches_reference, problems
+from _qr_core_cases import (
+    TIE_AT_TOP_K_BOUNDARY,
+    TIE_AT_TOP_K_WITH_MIN_P,
+    Problem,
+    assert_matches_reference,
+    problems,
+)
 from _qr_core_reference import acceptable, reference_select
 from hypothesis import example, given, settings
 from qr_core import SelectionResult, TokenSelectionError, TokenSelector
@@ -94,6 +100,7 @@ class TestKnownValues:
 @settings(max_examples=300, deadline=None)
 @given(problems())
 @example(TIE_AT_TOP_K_BOUNDARY)
+@example(TIE_AT_TOP_K_WITH_MIN_P)
 def test_batch_matches_the_float64_reference(problem: Problem) -> None:
     result = TokenSelector(head_size=problem.head_size).select_batch(
         problem.logits,
@@ -147,18 +154,18 @@ class TestHeadAndFullSortAgree:
 
     def _run(self, head_size: int, logits: np.ndarray, **params: object) -> tuple[object, int]:
         calls = 0
-        original = selection_module._select_rows
+        original = selection_module._filter_rows
 
         def counting(*args: object, **kwargs: object) -> object:
             nonlocal calls
             calls += 1
             return original(*args, **kwargs)  # type: ignore[arg-type]
 
-        selection_module._select_rows = counting  # type: ignore[assignment]
+        selection_module._filter_rows = counting  # type: ignore[assignment]
         try:
             result = TokenSelector(head_size=head_size).select_batch(logits, **params)  # type: ignore[arg-type]
         finally:
-            selection_module._select_rows = original
+            selection_module._filter_rows = original
         return result, calls
 
     def test_forced_paths_agree(self) -> None:
@@ -188,6 +195,46 @@ class TestHeadAndFullSortAgree:
         assert calls == 1
         ref = reference_select(logits[3], temperature=0.7, top_k=0, top_p=1.0, u=0.5, min_p=0.0)
         assert result.token_id[3] == ref.token_id  # type: ignore[attr-defined]
+
+
+class TestPreparedSelection:
+    """prepare_batch then select(u) is select_batch, split where u is first needed."""
+
+    def test_one_preparation_finishes_at_many_u_like_select_batch(self) -> None:
+        rng = np.random.default_rng(11)
+        logits = _lm_like(rng, 5, 3000, 3.0)
+        logits[2, :1500] = -np.inf
+        params = {
+            "temperature": np.array([0.7, 1.0, 0.0, 1.3, 0.9]),
+            "top_k": np.array([50, 0, 0, 2, -1]),
+            "top_p": np.array([0.9, 1.0, 1.0, 0.5, 0.99]),
+            "min_p": np.array([0.0, 0.05, 0.0, 0.0, 0.01]),
+        }
+        selector = TokenSelector(head_size=8)
+        prepared = selector.prepare_batch(logits, **params)  # type: ignore[arg-type]
+        assert prepared.rows == 5
+        for u in (rng.uniform(size=5), np.full(5, 1 - 1e-9), 1e-9):
+            got = prepared.select(u)
+            want = selector.select_batch(logits, u=u, **params)  # type: ignore[arg-type]
+            for a, b in zip(
+                (got.token_id, got.token_rank, got.token_prob, got.num_candidates),
+                (want.token_id, want.token_rank, want.token_prob, want.num_candidates),
+                strict=True,
+            ):
+                np.testing.assert_array_equal(a, b)
+
+    def test_u_is_checked_when_it_arrives(self) -> None:
+        prepared = TokenSelector().prepare_batch(
+            np.zeros((2, 4), dtype=np.float32), temperature=1.0, top_k=0, top_p=1.0
+        )
+        with pytest.raises(TokenSelectionError, match=r"u must be .* got 0\.0 at row 1"):
+            prepared.select(np.array([0.5, 0.0]))
+        with pytest.raises(TokenSelectionError, match=r"u must be a scalar or have shape \(2,\)"):
+            prepared.select(np.array([0.5, 0.5, 0.5]))
+        unchecked = TokenSelector().prepare_batch(
+            np.zeros((2, 4), dtype=np.float32), temperature=1.0, top_k=0, top_p=1.0, validate=False
+        )
+        assert unchecked.select(0.5).token_id.shape == (2,)
 
 
 class TestBadInput:

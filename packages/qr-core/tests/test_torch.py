@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from _qr_core_cases import TIE_AT_TOP_K_BOUNDARY, Problem, assert_matches_reference, problems
+from _qr_core_cases import (
+    TIE_AT_TOP_K_BOUNDARY,
+    TIE_AT_TOP_K_WITH_MIN_P,
+    Problem,
+    assert_matches_reference,
+    problems,
+)
 from hypothesis import example, given, settings
 from qr_core import (
     EDTTemperatureStrategy,
@@ -53,6 +59,7 @@ def run(problem: Problem, logits: object, **extra: object) -> object:
 @settings(max_examples=150, deadline=None)
 @given(problems())
 @example(TIE_AT_TOP_K_BOUNDARY)
+@example(TIE_AT_TOP_K_WITH_MIN_P)
 def test_float32_tensors_match_the_reference(problem: Problem) -> None:
     result = run(problem, torch.from_numpy(problem.logits))
     assert result.token_id.dtype == torch.int64
@@ -209,3 +216,10 @@ def test_small_cpu_tensors_come_back_as_tensors(host_path: str) -> None:
     entropy = compute_shannon_entropy(logits)
     assert isinstance(entropy, torch.Tensor)
     assert entropy.dtype == torch.float32
+    u = torch.rand(4, dtype=torch.float64)
+    prepared = TokenSelector().prepare_batch(logits, temperature=0.8, top_k=5, top_p=0.9)
+    finished = prepared.select(u)
+    direct = TokenSelector().select_batch(logits, temperature=0.8, top_k=5, top_p=0.9, u=u)
+    assert isinstance(finished.token_id, torch.Tensor)
+    assert torch.equal(finished.token_id, direct.token_id)
+    assert torch.equal(finished.token_prob, direct.token_prob)

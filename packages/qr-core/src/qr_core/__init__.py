@@ -21,6 +21,7 @@ from qr_core._errors import (
 from qr_core._selection import (
     DEFAULT_HEAD_SIZE,
     BatchSelectionResult,
+    PreparedSelection,
     SelectionResult,
     TokenSelector,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "BatchTemperatureResult",
     "EDTTemperatureStrategy",
     "FixedTemperatureStrategy",
+    "PreparedSelection",
     "QRCoreError",
     "SelectionResult",
     "SignalAmplificationError",

@@ -40,7 +40,13 @@ from qr_core._errors import TokenSelectionError
 if TYPE_CHECKING:
     from qr_core._array import Array
 
-__all__ = ["DEFAULT_HEAD_SIZE", "BatchSelectionResult", "SelectionResult", "TokenSelector"]
+__all__ = [
+    "DEFAULT_HEAD_SIZE",
+    "BatchSelectionResult",
+    "PreparedSelection",
+    "SelectionResult",
+    "TokenSelector",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +112,7 @@ class _RowParams:
             xp.take_rows(self.top_k, mask),
             xp.take_rows(self.top_p, mask),
             xp.take_rows(self.min_p, mask),
-            xp.take_rows(self.u, mask),
+            None if self.u is None else xp.take_rows(self.u, mask),
         )
 
 
@@ -197,7 +203,8 @@ class TokenSelector:
         """Choose one token per row of a ``(rows, vocab)`` block of logits.
 
         On a torch tensor everything runs on the tensor's device, vectorised
-        over the rows; only a few per-batch flags cross to the host.
+        over the rows; only a few per-batch flags cross to the host. This is
+        `prepare_batch` followed by `PreparedSelection.select`.
 
         Args:
             logits: Shape ``(rows, vocab)``, floating dtype (half, bfloat16,
@@ -209,10 +216,11 @@ class TokenSelector:
             min_p: Per-row min-p in [0, 1); 0 disables.
             validate: Check parameter values and logits for NaN, +inf and rows
                 without a finite entry (vectorised: a few operations on
-                ``(rows,)`` arrays and one host transfer). Pass False only
-                when the caller has already checked the values, e.g. at request
-                admission; bad values then give unspecified (but in-range)
-                tokens instead of an error. Types and shapes are always checked.
+                ``(rows,)`` arrays and a host transfer for the parameters, one
+                for u). Pass False only when the caller has already checked the
+                values, e.g. at request admission; bad values then give
+                unspecified (but in-range) tokens instead of an error. Types and
+                shapes are always checked.
 
         Returns:
             Arrays of shape ``(rows,)`` of the same kind and on the same device as ``logits``.
@@ -221,26 +229,80 @@ class TokenSelector:
             TokenSelectionError: Bad logits or a parameter out of range, naming
                 the value, the row and what is allowed.
         """
+        prepared = self.prepare_batch(
+            logits,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            validate=validate,
+        )
+        return prepared.select(u)
+
+    def prepare_batch(
+        self,
+        logits: Array,
+        *,
+        temperature: Array | float,
+        top_k: Array | int,
+        top_p: Array | float,
+        min_p: Array | float = 0.0,
+        validate: bool = True,
+    ) -> PreparedSelection:
+        """Everything of `select_batch` that does not depend on u: candidates, order, masses.
+
+        A caller that waits for its u (an entropy fetch) can do this work in the
+        meantime and finish with `PreparedSelection.select`; the result is the
+        same as `select_batch` with that u. ``logits`` and the parameter arrays
+        are read again by ``select`` and must not change in between.
+
+        Args:
+            logits: As for `select_batch`.
+            temperature: As for `select_batch`.
+            top_k: As for `select_batch`.
+            top_p: As for `select_batch`.
+            min_p: As for `select_batch`.
+            validate: As for `select_batch` (u is checked by ``select``).
+
+        Returns:
+            The prepared selection, to be finished with ``select(u)``.
+
+        Raises:
+            TokenSelectionError: Bad logits or a parameter out of range.
+        """
         small = small_host_view(logits)
         if small is not None:
             # Same code on zero-copy numpy views (see SMALL_HOST_ELEMENTS); results back as tensors.
-            import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
-
-            result = self.select_batch(
+            return self._prepare(
                 small,
                 temperature=_host_param("temperature", temperature, integer=False),
                 top_k=_host_param("top_k", top_k, integer=True),
                 top_p=_host_param("top_p", top_p, integer=False),
-                u=_host_param("u", u, integer=False),
                 min_p=_host_param("min_p", min_p, integer=False),
                 validate=validate,
+                as_tensors=True,
             )
-            return BatchSelectionResult(
-                token_id=torch.from_numpy(result.token_id),
-                token_rank=torch.from_numpy(result.token_rank),
-                token_prob=torch.from_numpy(result.token_prob),
-                num_candidates=torch.from_numpy(result.num_candidates),
-            )
+        return self._prepare(
+            logits,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            validate=validate,
+            as_tensors=False,
+        )
+
+    def _prepare(
+        self,
+        logits: Any,
+        *,
+        temperature: object,
+        top_k: object,
+        top_p: object,
+        min_p: object,
+        validate: bool,
+        as_tensors: bool,
+    ) -> PreparedSelection:
         xp = self._backend(logits)
         check_logits(xp, logits, ndim=2, error=TokenSelectionError)
         rows = logits.shape[0]
@@ -249,15 +311,14 @@ class TokenSelector:
             top_k=_row_param(xp, "top_k", top_k, rows, integer=True),
             top_p=_row_param(xp, "top_p", top_p, rows, integer=False),
             min_p=_row_param(xp, "min_p", min_p, rows, integer=False),
-            u=_row_param(xp, "u", u, rows, integer=False),
+            u=None,
         )
         head = self._first_head(xp, params, validate=validate)
+        x = xp.contiguous_rows(logits)
         with np.errstate(all="ignore"):  # -inf arithmetic and underflow are expected here
-            token, rank, prob, count = _select_rows(
-                xp, xp.contiguous_rows(logits), params, head, check=validate
-            )
-        return BatchSelectionResult(
-            token_id=token, token_rank=rank, token_prob=prob, num_candidates=count
+            filtered = _filter_rows(xp, x, params, head, check=validate)
+        return PreparedSelection(
+            xp, x, params, head, filtered, validate=validate, as_tensors=as_tensors
         )
 
     def _backend(self, logits: object) -> Backend:
@@ -292,6 +353,83 @@ class TokenSelector:
         if any_unlimited:
             return max(int(kmax_host), self.head_size)
         return max(int(kmax_host), 1)
+
+
+class PreparedSelection:
+    """A batch selection with everything but u done; built by `TokenSelector.prepare_batch`.
+
+    ``select(u)`` applies the inverse CDF at each row's u and returns what
+    `TokenSelector.select_batch` would. It may be called more than once.
+    """
+
+    __slots__ = ("_as_tensors", "_filtered", "_head", "_params", "_validate", "_x", "_xp")
+
+    def __init__(
+        self,
+        xp: Backend,
+        x: Any,
+        params: _RowParams,
+        head: int,
+        filtered: _Filtered,
+        *,
+        validate: bool,
+        as_tensors: bool,
+    ) -> None:
+        self._xp = xp
+        self._x = x
+        self._params = params
+        self._head = head
+        self._filtered = filtered
+        self._validate = validate
+        self._as_tensors = as_tensors
+
+    @property
+    def rows(self) -> int:
+        """How many rows the selection covers."""
+        return int(self._x.shape[0])
+
+    def select(self, u: Array | float) -> BatchSelectionResult:
+        """Choose each row's token at its u.
+
+        Args:
+            u: Per-row uniform values in (0, 1), a scalar or an array of shape
+                ``(rows,)`` of the logits' kind (a CPU tensor for small CPU
+                tensors, which run on numpy views).
+
+        Returns:
+            As `TokenSelector.select_batch`.
+
+        Raises:
+            TokenSelectionError: u of the wrong kind, shape or (when validating) value.
+        """
+        xp = self._xp
+        value: object = _host_param("u", u, integer=False) if self._as_tensors else u
+        u_rows = _row_param(xp, "u", value, self.rows, integer=False)
+        if self._validate:
+            bad = ~((u_rows > 0) & (u_rows < 1))
+            if xp.any(bad):
+                _raise_bad_value(xp, "u", bad, u_rows)
+        params = _RowParams(
+            temperature=self._params.temperature,
+            top_k=self._params.top_k,
+            top_p=self._params.top_p,
+            min_p=self._params.min_p,
+            u=u_rows,
+        )
+        with np.errstate(all="ignore"):
+            token, rank, prob, count = _finish_rows(xp, self._x, params, self._head, self._filtered)
+        if self._as_tensors:
+            import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
+
+            return BatchSelectionResult(
+                token_id=torch.from_numpy(token),
+                token_rank=torch.from_numpy(rank),
+                token_prob=torch.from_numpy(prob),
+                num_candidates=torch.from_numpy(count),
+            )
+        return BatchSelectionResult(
+            token_id=token, token_rank=rank, token_prob=prob, num_candidates=count
+        )
 
 
 def _scalar(name: str, value: object, *, integer: bool) -> float | int:
@@ -341,15 +479,17 @@ def _row_param(xp: Backend, name: str, value: object, rows: int, *, integer: boo
 
 
 def _bad_values(params: _RowParams) -> dict[str, Any]:
-    """Per-parameter masks of rows with out-of-range values (NaN fails every test)."""
-    t, p, mp, u = params.temperature, params.top_p, params.min_p, params.u
+    """Per-parameter masks of rows with out-of-range values (NaN fails every test).
+
+    u is checked on its own, when it arrives (`PreparedSelection.select`).
+    """
+    t, p, mp = params.temperature, params.top_p, params.min_p
     return {
         # T <= 0 (even -inf) is the documented greedy switch; NaN and +inf are not.
         "temperature": ~(t < float("inf")),
         "top_k": params.top_k < -1,
         "top_p": ~((p > 0) & (p <= 1)),
         "min_p": ~((mp >= 0) & (mp < 1)),
-        "u": ~((u > 0) & (u < 1)),
     }
 
 
@@ -406,6 +546,11 @@ def _select_rows(
     xp: Backend, x: Any, params: _RowParams, head: int, *, check: bool
 ) -> tuple[Any, Any, Any, Any]:
     """Select for every row of ``x``, retrying undecided rows with wider heads."""
+    return _finish_rows(xp, x, params, head, _filter_rows(xp, x, params, head, check=check))
+
+
+def _filter_rows(xp: Backend, x: Any, params: _RowParams, head: int, *, check: bool) -> _Filtered:
+    """Take each row's head (or sort the row) and apply the filters: all but u."""
     rows, n = x.shape
     if (head + 1) * _FULL_SORT_FRACTION >= n:
         order = xp.argsort_desc_stable(x)
@@ -428,8 +573,7 @@ def _select_rows(
         tail_empty = boundary == float("-inf")
     if check:
         check_row_max(xp, row_max, error=TokenSelectionError)
-
-    token, rank, prob, count, retry = _decide(
+    return _filter(
         xp,
         x,
         values,
@@ -439,6 +583,13 @@ def _select_rows(
         boundary=boundary,
         params=params,
     )
+
+
+def _finish_rows(
+    xp: Backend, x: Any, params: _RowParams, head: int, filtered: _Filtered
+) -> tuple[Any, Any, Any, Any]:
+    """Pick each row's token at its u; rows the head cannot decide go round with a wider one."""
+    token, rank, prob, count, retry = _pick(xp, x, filtered, params.u)
     if xp.any(retry):
         logger.debug("head of %d undecided for some rows; widening it", head)
         wider = head * _HEAD_GROWTH
@@ -448,7 +599,26 @@ def _select_rows(
     return token, rank, prob, count
 
 
-def _decide(
+@dataclass(frozen=True, slots=True)
+class _Filtered:
+    """A head after the filters: what the inverse CDF at u needs (see `_filter`)."""
+
+    ids: Any
+    z: Any
+    cum: Any
+    total: Any
+    kept: Any
+    cut: Any
+    unknown: Any
+    greedy: Any
+    valid_len: Any
+    blind: Any
+    greedy_retry: Any
+    in_prefix: Any
+    last_index: Any
+
+
+def _filter(
     xp: Backend,
     x: Any,
     values: Any,
@@ -458,8 +628,8 @@ def _decide(
     tail_empty: Any,
     boundary: Any,
     params: _RowParams,
-) -> tuple[Any, Any, Any, Any, Any]:
-    """Apply the filters and the inverse CDF to a head (or a fully sorted row).
+) -> _Filtered:
+    """Apply the filters to a head (or a fully sorted row): everything before u.
 
     Args:
         x: The rows' full logits, read only for the mass and size of the tail.
@@ -468,11 +638,11 @@ def _decide(
         valid_len: ``(rows,)`` how many leading entries are exact.
         tail_empty: ``(rows,)`` true when no finite logit lies beyond ``valid_len``.
         boundary: ``(rows,)`` the largest logit not known to be in order, or None.
-        params: Per-row parameters.
+        params: Per-row parameters (u is not read).
 
     Returns:
-        token id, rank, probability, candidate count, and a mask of rows the
-        head could not decide.
+        The kept prefix's unnormalised probabilities, cumulative and total mass,
+        and what `_pick` needs to tell whether the head decides a row.
     """
     rows, width = values.shape
     pos = xp.arange(width)[None, :]
@@ -510,9 +680,11 @@ def _decide(
     before = xp.concat([xp.full((rows, 1), 0.0, xp.compute_dtype), cum_p[:, :-1]])
     n_p = xp.count(valid & (before < top_p[:, None]))
     last = _at(xp, cum_p, valid_len - 1)
-    # The exact prefix alone settles top-p only when ``mass`` is the whole kept mass:
-    # without top-k it includes the tail's; with top-k it does only once the k-th token
-    # is known. (A tie at the head's boundary can hide top-k members whose mass counts.)
+    # ``mass`` is the whole kept mass without top-k (it includes the tail's) and with a
+    # known top-k; with top-k members hidden beyond the exact prefix (a tie at the head's
+    # boundary), it is too small, top-p's cut may fall anywhere, and the row must go round
+    # with a wider head whatever the other filters say ("blind").
+    blind = p_on & k_on & ~k_known
     p_known = p_on & (k_known | tail_empty | (~k_on & (valid_len > 0) & (last >= top_p)))
 
     min_p = params.min_p
@@ -536,21 +708,47 @@ def _decide(
     cut = n_known < _NO_CUT
     kept = xp.maximum(xp.where(cut, n_known, valid_len), xp.full((rows,), 1, np.int64))
     total = xp.where(cut, _at(xp, cum, kept - 1), mass)
-
-    target = params.u * total
     in_prefix = pos < kept[:, None]
-    index = xp.count(in_prefix & (cum <= target[:, None]))
-    # Float safety for u next to 1: never step past the last token that adds mass.
-    index = xp.minimum(index, xp.count(in_prefix & (cum < total[:, None])))
-    undecided = ~cut & (unknown | (index >= valid_len))
-    retry = xp.where(greedy, (valid_len == 0) & ~tail_empty, undecided)
-    index = xp.where(greedy, 0, index)
+    return _Filtered(
+        ids=ids,
+        z=z,
+        cum=cum,
+        total=total,
+        kept=kept,
+        cut=cut,
+        unknown=unknown,
+        greedy=greedy,
+        valid_len=valid_len,
+        blind=blind,
+        greedy_retry=(valid_len == 0) & ~tail_empty,
+        in_prefix=in_prefix,
+        # Float safety for u next to 1: never step past the last token that adds mass.
+        last_index=xp.count(in_prefix & (cum < total[:, None])),
+    )
 
+
+def _pick(xp: Backend, x: Any, f: _Filtered, u: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """The inverse CDF at u over a filtered head.
+
+    Returns:
+        token id, rank, probability, candidate count, and a mask of rows the
+        head could not decide.
+    """
+    target = u * f.total
+    index = xp.count(f.in_prefix & (f.cum <= target[:, None]))
+    index = xp.minimum(index, f.last_index)
+    # A filter left unknown cuts beyond the exact prefix, so a known cut decides the row;
+    # except top-p on an incomplete mass ("blind"), which may cut before it.
+    undecided = (~f.cut & (f.unknown | (index >= f.valid_len))) | f.blind
+    retry = xp.where(f.greedy, f.greedy_retry, undecided)
+    index = xp.where(f.greedy, 0, index)
+
+    width = f.ids.shape[-1]
     safe = xp.clip(index, 0, width - 1)
-    token = _at(xp, ids, safe)
-    prob = xp.where(greedy, 1.0, _at(xp, z, safe) / total)
-    uncut = ~greedy & ~cut & ~retry
-    count = xp.where(greedy, 1, xp.where(cut, kept, _finite_count(xp, x, uncut)))
+    token = _at(xp, f.ids, safe)
+    prob = xp.where(f.greedy, 1.0, _at(xp, f.z, safe) / f.total)
+    uncut = ~f.greedy & ~f.cut & ~retry
+    count = xp.where(f.greedy, 1, xp.where(f.cut, f.kept, _finite_count(xp, x, uncut)))
     return token, index, prob, count, retry
 
 
