@@ -4,13 +4,14 @@ One call of `BatchSampler.sample` per decode step:
 
 1. (runner V1) the request's repetition / frequency / presence penalties, with
    vLLM's own penalty function, on the rows that ask for them (ERRATA §6);
-2. temperature and Shannon entropy for every row, through qr_core, on the
-   logits' device (one call per distinct strategy);
-3. **one** entropy fetch of rows × sample_count bytes, requested now that every
-   row's logits exist (ERRATA §12);
-4. batched amplification to one u per row (host, numpy), and u to the device
-   (pinned, non-blocking where the device is not the CPU);
-5. batched selection through qr_core with per-row top-k / top-p / min-p;
+2. **one** entropy fetch of rows × sample_count bytes, requested now that every
+   row's logits exist (ERRATA §12), on the fetch thread; meanwhile:
+3. temperature and Shannon entropy for every row, through qr_core, on the
+   logits' device (one call per distinct strategy), and the batched selection
+   with per-row top-k / top-p / min-p up to its last step (`prepare_batch`);
+4. batched amplification of the fetched block to one u per row (host, numpy),
+   and u to the device (pinned, non-blocking where the device is not the CPU);
+5. the selection's last step, the inverse CDF at u;
 6. in-place one-hot forcing of the rows;
 7. one (rows, 6) copy back to the host for the records.
 
@@ -207,32 +208,32 @@ class BatchSampler:
             self._apply_penalties(sub, plan)
 
         # Just in time: every row's logits (penalties applied) exist now; this is the
-        # step's only fetch. It runs on the fetch thread while the temperatures and
-        # entropies are computed on the device, so a device or network round trip
+        # step's only fetch. It runs on the fetch thread while everything that does not
+        # need u is done here: temperatures, entropies, and the selection up to the
+        # inverse CDF (candidates, order, masses). A device or network round trip
         # overlaps with that work instead of adding to it.
         started = time.monotonic_ns()
         pending = self._fetch(plan)
         temperature, entropy = self._temperature(sub, plan)
-        block = pending.result()
-        prov = block.provenance
-        latency = prov.fetch_latency_ns or (time.monotonic_ns() - started)
-
-        u, z, mean = self._amplify(block.data, plan)
-        u_dev = self._u_to_device(u, rows)
         assert plan.top_k is not None
         assert plan.top_p is not None
         assert plan.min_p is not None
-        sel = self.selector.select_batch(
+        prepared = self.selector.prepare_batch(
             sub,
             temperature=temperature,
             top_k=plan.top_k,
             top_p=plan.top_p,
-            u=u_dev,
             min_p=plan.min_p,
             # Every per-row value was checked at admission (validate_params) and
             # by the config model; u comes clamped from the amplifier.
             validate=False,
         )
+        block = pending.result()
+        prov = block.provenance
+        latency = prov.fetch_latency_ns or (time.monotonic_ns() - started)
+
+        u, z, mean = self._amplify(block.data, plan)
+        sel = prepared.select(self._u_to_device(u, rows))
         token_ids = _as_tensor(sel.token_id, logits)
         self._force(logits, plan.rows_t, token_ids)
 
