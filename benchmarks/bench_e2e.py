@@ -110,7 +110,10 @@ def run(quick: bool) -> list[tuple[int, float, float, float, float]]:
 
 
 def print_table(rows: list[tuple[int, float, float, float, float]]) -> None:
-    print("\n(b) end-to-end decode, tiny model, tokens/s (ratio to native)")
+    spin = os.environ.get("GOMP_SPINCOUNT") or os.environ.get("OMP_WAIT_POLICY") or "default"
+    print(
+        f"\n(b) end-to-end decode, tiny model, tokens/s (ratio to native); OpenMP spin-wait: {spin}"
+    )
     print(
         f"{'batch':>5} {'native':>10} {'qr system':>18} {'qr gRPC unix bidi':>20} "
         f"{'os.urandom bound':>17}"
