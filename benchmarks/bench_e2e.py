@@ -110,7 +110,12 @@ def run(quick: bool) -> list[tuple[int, float, float, float, float]]:
 
 
 def print_table(rows: list[tuple[int, float, float, float, float]]) -> None:
-    spin = os.environ.get("GOMP_SPINCOUNT") or os.environ.get("OMP_WAIT_POLICY") or "default"
+    spin = (
+        ", ".join(
+            f"{k}={os.environ[k]}" for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if k in os.environ
+        )
+        or "default"
+    )
     print(
         f"\n(b) end-to-end decode, tiny model, tokens/s (ratio to native); OpenMP spin-wait: {spin}"
     )
