@@ -60,7 +60,7 @@ def test_dotenv_file_and_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ("mock_seed", -1, "greater than or equal to 0"),
         ("health_false_alarm_rate", 0.5, "less than or equal to 0.0625"),
         ("health_min_entropy_per_byte", 9, "less than or equal to 8"),
-        ("timing_min_entropy_per_read", 0.1, "greater than or equal to 0.5"),
+        ("timing_min_entropy_per_read", 0.1, "greater than or equal to 0.25"),
         ("entropy_source_type", "   ", "must name a source"),
     ],
 )

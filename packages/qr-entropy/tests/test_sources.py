@@ -224,7 +224,7 @@ def test_from_settings_applies_shared_guards() -> None:
 
 
 def test_timing_noise_rejects_bad_entropy_claim() -> None:
-    with pytest.raises(EntropyConfigError, match=r"min_entropy_per_read=0.1 is outside \[0.5, 8"):
+    with pytest.raises(EntropyConfigError, match=r"min_entropy_per_read=0.1 is outside \[0.25, 8"):
         TimingNoiseSource(min_entropy_per_read=0.1)
 
 

@@ -42,7 +42,9 @@ DEFAULT_MIN_ENTROPY_PER_BYTE = 7.0
 
 MIN_FALSE_ALARM_RATE = 2.0**-64
 MAX_FALSE_ALARM_RATE = 2.0**-4
-MIN_ENTROPY_LOWER = 0.5
+#: At 0.25 bits (α = 2^-40) the repetition cutoff is already a run of 161 and the
+#: adaptive proportion cutoff 484 of 512: a lower claim would leave little to test.
+MIN_ENTROPY_LOWER = 0.25
 MIN_ENTROPY_UPPER = 8.0
 
 _UInt8Array = npt.NDArray[np.uint8]

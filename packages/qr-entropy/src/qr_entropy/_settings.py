@@ -82,7 +82,7 @@ class EntropySettings(BaseSettings):
         ),
     )
     timing_min_entropy_per_read: float = Field(
-        default=0.5,
+        default=0.25,
         ge=MIN_ENTROPY_LOWER,
         le=MIN_ENTROPY_UPPER,
         description=(
