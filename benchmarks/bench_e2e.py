@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
 import statistics
 import time
@@ -36,23 +35,13 @@ def _throughput(llm: Any, batch: int, max_tokens: int, extra: dict[str, Any] | N
 
 @contextlib.contextmanager
 def _engine(model: str, env: dict[str, str]) -> Any:
+    from qr_vllm._engine import closing_engine, environment
     from vllm import LLM
 
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         llm = LLM(model=model, dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
-        yield llm
-    finally:
-        with contextlib.suppress(Exception):
-            llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with closing_engine(llm):
+            yield llm
 
 
 def _urandom_s(n: int, repeat: int = 30) -> float:

@@ -9,8 +9,6 @@ shut down by its fixture.
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import os
 import socket
 import subprocess
@@ -23,6 +21,10 @@ from typing import Any
 import pytest
 
 pytest.importorskip("vllm")
+
+from qr_vllm._engine import closing_engine, read_records
+
+__all__ = ["in_process_llm", "qr_env", "read_records"]
 
 # ERRATA §17: before vLLM is imported anywhere in this process.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -81,27 +83,8 @@ def in_process_llm(model: Path, **qr: str) -> Iterator[Any]:
 
     with qr_env(**qr):
         llm = LLM(model=str(model), **ENGINE_ARGS)
-    try:
+    with closing_engine(llm):
         yield llm
-    finally:
-        with contextlib.suppress(Exception):
-            llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-
-
-def read_records(
-    path: Path, expected: int | None = None, timeout_s: float = 10.0
-) -> list[dict[str, Any]]:
-    """The records file, waiting (briefly) for the writer thread to catch up."""
-    deadline = time.monotonic() + timeout_s
-    rows: list[dict[str, Any]] = []
-    while True:
-        if path.exists():
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        if expected is None or len(rows) >= expected or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

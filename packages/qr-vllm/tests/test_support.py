@@ -91,3 +91,44 @@ def test_cli_config_lists_settings_and_scope(
     assert "supported: >=0.32,<0.33" in result.output
     help_text = CliRunner().invoke(app, ["demo", "--help"]).output
     assert "--max-tokens" in help_text
+
+
+def test_engine_helpers_restore_the_environment_and_wait_for_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from qr_vllm._engine import closing_engine, environment, read_records
+
+    monkeypatch.setenv("QR_KEEP", "old")
+    monkeypatch.delenv("QR_NEW", raising=False)
+    with environment({"QR_KEEP": "new", "QR_NEW": "1"}):
+        assert (os.environ["QR_KEEP"], os.environ["QR_NEW"]) == ("new", "1")
+    assert os.environ["QR_KEEP"] == "old"
+    assert "QR_NEW" not in os.environ
+
+    path = tmp_path / "records.jsonl"
+    assert read_records(path) == []
+    writer = threading.Timer(0.2, lambda: path.write_text('{"a": 1}\n{"a": 2}\n'))
+    writer.start()
+    assert [r["a"] for r in read_records(path, 2, timeout_s=5)] == [1, 2]  # waited for them
+    writer.join()
+    assert len(read_records(path, 3, timeout_s=0.1)) == 2  # gives up, returns what is there
+
+    # A stand-in with the one attribute path closing_engine uses on vllm.LLM, to see the
+    # shutdown call; real engines go through it in the demo and integration tests.
+    class Engine:
+        def __init__(self) -> None:
+            self.shut = False
+            self.llm_engine = self
+            self.engine_core = self
+
+        def shutdown(self) -> None:
+            self.shut = True
+
+    engine = Engine()
+    with closing_engine(engine) as inside:
+        assert inside is engine
+        assert not engine.shut
+    assert engine.shut

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from qr_vllm._engine import closing_engine, environment, read_records
 from qr_vllm._entropy_server import EntropyServerProcess
 from qr_vllm._tiny_model import build_tiny_model
 
@@ -41,20 +40,6 @@ class DemoOptions:
     multiprocess: bool = False
 
 
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def run_demo(options: DemoOptions, console: Console) -> int:
     """Run the demo; returns the exit status."""
     records = options.records.resolve()
@@ -77,7 +62,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 server = stack.enter_context(EntropyServerProcess(source=options.server_source))
             env.update(server.environment("bidi_streaming"))
             console.print(f"[green]entropy server[/] {server.address} (bidi streaming)")
-        stack.enter_context(_env(env))
+        stack.enter_context(environment(env))
         # The demo's records file starts empty so its table matches this run.
         records.unlink(missing_ok=True)
 
@@ -93,7 +78,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 seed=0,
             )
         console.print(f"[green]engine ready[/] in {time.monotonic() - started:.1f} s")
-        try:
+        with closing_engine(llm):
             params = [
                 SamplingParams(
                     max_tokens=options.max_tokens,
@@ -104,31 +89,13 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             outputs = llm.generate(list(options.prompts), params, use_tqdm=False)
             tokenizer = llm.get_tokenizer()
             expected = sum(len(o.outputs[0].token_ids) for o in outputs)
-            rows = _read_records(records, expected)
+            rows = read_records(records, expected)
             _print(console, options, outputs, rows, tokenizer)
             console.print(
                 f"\n{len(rows)} records for {expected} generated tokens "
                 f"written to [bold]{records}[/]"
             )
             return 0 if len(rows) == expected else 1
-        finally:
-            with contextlib.suppress(Exception):
-                llm.llm_engine.engine_core.shutdown()
-            del llm
-            gc.collect()
-
-
-def _read_records(path: Path, expected: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    # The records writer runs beside the engine; give it a moment to catch up.
-    deadline = time.monotonic() + timeout_s
-    rows: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            if len(rows) >= expected:
-                break
-        time.sleep(0.05)
-    return rows
 
 
 def _print(
