@@ -6,12 +6,18 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 from qr_entropy import EntropySource
+from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 
 ADDRESS_KINDS = ("tcp", "unix")
 MODES = ("unary", "server_streaming", "bidi_streaming")
@@ -91,3 +97,47 @@ def ipv6_loopback_available() -> bool:
     except OSError:
         return False
     return True
+
+
+def start_handler_server(
+    address: str,
+    service: str,
+    *,
+    unary: dict[str, Callable[..., Any]] | None = None,
+    stream: dict[str, Callable[..., Any]] | None = None,
+) -> grpc.Server:
+    """A real gRPC server on ``address`` whose methods are the given test handlers.
+
+    ``unary`` and ``stream`` map method names to unary-unary and stream-stream handlers
+    taking and returning EntropyRequest / EntropyResponse. The caller stops the server.
+    """
+    codec = {
+        "request_deserializer": EntropyRequest.FromString,
+        "response_serializer": EntropyResponse.SerializeToString,
+    }
+    methods = {
+        name: grpc.unary_unary_rpc_method_handler(fn, **codec) for name, fn in (unary or {}).items()
+    }
+    methods |= {
+        name: grpc.stream_stream_rpc_method_handler(fn, **codec)
+        for name, fn in (stream or {}).items()
+    }
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+    server.add_insecure_port(address)
+    server.start()
+    return server
+
+
+def fetch_in_background(client: EntropySource, n: int) -> Future[bytes]:
+    """``client.get_random_bytes(n)`` on a thread of its own; the future holds bytes or error."""
+    future: Future[bytes] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(client.get_random_bytes(n))
+        except BaseException as error:  # the test inspects whatever the fetch raised
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="test-fetch", daemon=True).start()
+    return future

@@ -18,6 +18,7 @@ from grpc_helpers import (
     address_for,
     expected_bytes,
     ipv6_loopback_available,
+    start_handler_server,
 )
 from qr_entropy import (
     EntropyConfigError,
@@ -268,7 +269,6 @@ def test_custom_method_paths_reach_a_server_with_the_same_field_layout(
     short_tmp: Path, make_client: MakeClient
 ) -> None:
     """A third-party service (other names, same field numbers) works via the path settings."""
-    from concurrent.futures import ThreadPoolExecutor as Pool
 
     def get_random(request: EntropyRequest, context: object) -> EntropyResponse:
         return EntropyResponse(data=expected_bytes(request.bytes_needed))
@@ -277,29 +277,13 @@ def test_custom_method_paths_reach_a_server_with_the_same_field_layout(
         for request in requests:  # this server does not echo sequence ids
             yield EntropyResponse(data=expected_bytes(request.bytes_needed))
 
-    server = grpc.server(Pool(2))
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "qrng.QuantumRNG",
-                {
-                    "GetRandomBytes": grpc.unary_unary_rpc_method_handler(
-                        get_random,
-                        request_deserializer=EntropyRequest.FromString,
-                        response_serializer=EntropyResponse.SerializeToString,
-                    ),
-                    "StreamRandomBytes": grpc.stream_stream_rpc_method_handler(
-                        stream,
-                        request_deserializer=EntropyRequest.FromString,
-                        response_serializer=EntropyResponse.SerializeToString,
-                    ),
-                },
-            ),
-        )
-    )
     address = f"unix://{short_tmp / 'third.sock'}"
-    server.add_insecure_port(address)
-    server.start()
+    server = start_handler_server(
+        address,
+        "qrng.QuantumRNG",
+        unary={"GetRandomBytes": get_random},
+        stream={"StreamRandomBytes": stream},
+    )
     try:
         for mode in MODES:
             client = make_client(

@@ -7,16 +7,22 @@ import concurrent.futures
 import gc
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_helpers import KeyedSource, address_for, expected_bytes
+from grpc_helpers import (
+    KeyedSource,
+    address_for,
+    expected_bytes,
+    fetch_in_background,
+    start_handler_server,
+)
 from qr_entropy import EntropySettings
 from qr_grpc import EntropyServer, GrpcEntropyUnavailableError, GrpcSettings, QuantumGrpcSource
 from qr_grpc._loop import LoopStoppedError, LoopThread
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
+from qr_grpc.server import SERVICE_NAME
 
 MakeClient = Callable[..., QuantumGrpcSource]
 StartServer = Callable[..., EntropyServer]
@@ -29,25 +35,10 @@ def stream_server(short_tmp: Path) -> Iterator[Callable[[StreamHandler], str]]:
     servers: list[grpc.Server] = []
 
     def _start(handler: StreamHandler) -> str:
-        server = grpc.server(ThreadPoolExecutor(4))
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "qr_entropy.EntropyService",
-                    {
-                        "StreamEntropy": grpc.stream_stream_rpc_method_handler(
-                            handler,
-                            request_deserializer=EntropyRequest.FromString,
-                            response_serializer=EntropyResponse.SerializeToString,
-                        )
-                    },
-                ),
-            )
-        )
         address = f"unix://{short_tmp / f'edge{len(servers)}.sock'}"
-        server.add_insecure_port(address)
-        server.start()
-        servers.append(server)
+        servers.append(
+            start_handler_server(address, SERVICE_NAME, stream={"StreamEntropy": handler})
+        )
         return address
 
     yield _start
@@ -166,20 +157,9 @@ def test_close_during_a_fetch_fails_that_fetch_cleanly(
     server = start_server(KeyedSource(), address_for("unix", short_tmp), delay_ms=400)
     client = make_client(server.address, grpc_mode=mode, grpc_timeout_ms=10_000)
     assert client.get_random_bytes(8) == expected_bytes(8)
-    outcome: list[BaseException] = []
-
-    def fetch() -> None:
-        try:
-            client.get_random_bytes(64)
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=fetch)
-    thread.start()
+    pending = fetch_in_background(client, 64)
     time.sleep(0.1)
     client.close()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], GrpcEntropyUnavailableError), repr(outcome[0])
+    error = pending.exception(timeout=10)  # raises TimeoutError if the fetch hangs
+    assert isinstance(error, GrpcEntropyUnavailableError), repr(error)
     assert not any(t.name == "qr-grpc-client" for t in threading.enumerate())

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from grpc_helpers import MODES, ServerProcess
+from grpc_helpers import MODES, ServerProcess, fetch_in_background
 from qr_entropy import (
     EntropySettings,
     EntropySource,
@@ -58,23 +58,12 @@ def test_server_killed_mid_request_then_fallback_flags_it(
     server = spawn_server("--address", "127.0.0.1:0", "--delay-ms", "600")
     client = make_client(server.address, grpc_mode=mode, grpc_timeout_ms=20_000)
     assert len(client.get_random_bytes(64)) == 64  # the stream (if any) is open now
-    outcome: list[BaseException] = []
-
-    def fetch() -> None:
-        try:
-            client.get_random_bytes(20_480)
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=fetch)
     started = time.monotonic()
-    thread.start()
+    pending = fetch_in_background(client, 20_480)
     time.sleep(0.2)  # the request is in flight, the server is sleeping before answering
     server.kill()
-    thread.join(15)
-    assert not thread.is_alive()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], GrpcEntropyUnavailableError)
+    error = pending.exception(timeout=15)  # raises TimeoutError if the fetch hangs
+    assert isinstance(error, GrpcEntropyUnavailableError), repr(error)
     assert time.monotonic() - started < 10  # failed on the broken connection, not a timeout
 
     system = EntropySourceRegistry.build("system", EntropySettings())
