@@ -121,6 +121,20 @@ def test_close_stops_readers_and_a_later_read_starts_new_ones(
     assert source._readers is not pool
 
 
+def test_read_racing_close_falls_back_to_one_read(
+    source: SystemEntropySource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_system, "_usable_cpus", lambda: 2)
+    source.get_random_bytes(2 * PART)
+    pool = source._readers
+    assert pool is not None
+    # As if another thread closed the pool between this read's lookup and its submit.
+    pool.shutdown(wait=True)
+    spy = Spy(monkeypatch)
+    assert len(source.get_random_bytes(2 * PART)) == 2 * PART
+    assert spy.calls == [(MAIN, 2 * PART)]
+
+
 def _child_read(src: SystemEntropySource, n: int, out: multiprocessing.SimpleQueue[int]) -> None:
     out.put(len(src.get_random_bytes(n)))
 

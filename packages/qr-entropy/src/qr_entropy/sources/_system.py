@@ -63,8 +63,11 @@ class SystemEntropySource(EntropySource):
             return os.urandom(total)
         size, extra = divmod(total, parts)
         sizes = [size + (1 if i < extra else 0) for i in range(parts)]
-        pool = self._pool(parts - 1)
-        pending: list[Future[bytes]] = [pool.submit(os.urandom, s) for s in sizes[1:]]
+        try:
+            pool = self._pool(parts - 1)
+            pending: list[Future[bytes]] = [pool.submit(os.urandom, s) for s in sizes[1:]]
+        except RuntimeError:  # another thread closed (or replaced) the pool meanwhile
+            return os.urandom(total)
         chunks = [os.urandom(sizes[0])]
         for future, s in zip(pending, sizes[1:], strict=True):
             # cancel() succeeds only for a part no reader has begun: read it here instead.
