@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from qr_entropy import SystemEntropySource
@@ -105,13 +106,21 @@ def test_read_uses_no_more_threads_than_cpus(
     assert len(spy.calls) == _system.MAX_READERS
 
 
-def test_close_stops_readers_and_a_later_read_starts_new_ones(
+def _started_readers(
     source: SystemEntropySource, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> ThreadPoolExecutor:
+    """Two usable CPUs and one large read: the source's reader pool, started."""
     monkeypatch.setattr(_system, "_usable_cpus", lambda: 2)
     source.get_random_bytes(2 * PART)
     pool = source._readers
     assert pool is not None
+    return pool
+
+
+def test_close_stops_readers_and_a_later_read_starts_new_ones(
+    source: SystemEntropySource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = _started_readers(source, monkeypatch)
     source.close()
     assert source._readers is None
     with pytest.raises(RuntimeError):
@@ -124,10 +133,7 @@ def test_close_stops_readers_and_a_later_read_starts_new_ones(
 def test_read_racing_close_falls_back_to_one_read(
     source: SystemEntropySource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_system, "_usable_cpus", lambda: 2)
-    source.get_random_bytes(2 * PART)
-    pool = source._readers
-    assert pool is not None
+    pool = _started_readers(source, monkeypatch)
     # As if another thread closed the pool between this read's lookup and its submit.
     pool.shutdown(wait=True)
     spy = Spy(monkeypatch)
