@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from qr_vllm._engine import closing_engine, read_records
+from qr_vllm._engine import closing_engine, environment, read_records
 
 __all__ = ["in_process_llm", "qr_env", "read_records"]
 
@@ -76,13 +76,24 @@ def qr_env(**values: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def in_process_llm(model: Path, **qr: str) -> Iterator[Any]:
-    """An in-process engine whose processor reads the given QR_* settings."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from vllm import LLM
+def in_process_llm(model: Path, *, tensor_parallel_size: int = 1, **qr: str) -> Iterator[Any]:
+    """An in-process engine whose processor reads the given QR_* settings.
 
-    with qr_env(**qr):
-        llm = LLM(model=str(model), **ENGINE_ARGS)
+    With ``tensor_parallel_size`` above 1 the engine core stays in this process and
+    vLLM starts one worker process per rank, each bound to one CPU.
+    """
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM, envs
+
+    # An engine started earlier in this process froze vLLM's view of the environment.
+    envs.disable_envs_cache()
+    binding: dict[str, str] = {}
+    if tensor_parallel_size > 1:
+        # vLLM binds each CPU worker to a NUMA node unless told which CPUs to use.
+        cpus = sorted(os.sched_getaffinity(0))[:tensor_parallel_size]
+        binding["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cpus)
+    with qr_env(**qr), environment(binding):
+        llm = LLM(model=str(model), tensor_parallel_size=tensor_parallel_size, **ENGINE_ARGS)
     with closing_engine(llm):
         yield llm
 

@@ -17,11 +17,19 @@ One call of `BatchSampler.sample` per decode step:
 
 Per-row parameters, index tensors and buffers are built when the batch changes,
 not per step, and grown only when the batch grows.
+
+Under tensor parallelism every rank of the group samples, and each rank feeds
+its own sampled tokens to its next step, so the ranks must choose the same
+tokens. Rank 0 (the leader) alone fetches entropy and writes records; at the end
+of its step it broadcasts the rows' u over the group (NaN when the step failed).
+The other ranks (followers) prepare the same selection on the same logits,
+receive u, and finish it, or fail the same requests.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -109,6 +117,8 @@ class BatchSampler:
         device: The logits' device.
         pin_memory: Use pinned host buffers for the u vector.
         runner: ``v1`` or ``v2``, copied into records.
+        tp_group: vLLM's tensor-parallel group coordinator when it has more than one
+            rank (see the module docstring), else None.
     """
 
     def __init__(
@@ -118,8 +128,13 @@ class BatchSampler:
         device: torch.device,
         pin_memory: bool,
         runner: str,
+        *,
+        tp_group: Any | None = None,
     ) -> None:
         self.source = source
+        self._tp = tp_group if tp_group is not None and tp_group.world_size > 1 else None
+        #: True on a tensor-parallel rank other than 0: no fetch, no records, u from rank 0.
+        self.follower = self._tp is not None and int(self._tp.rank_in_group) != 0
         self.sampling_logger = sampling_logger
         self.device = device
         self.pin_memory = pin_memory and device.type != "cpu"
@@ -190,8 +205,12 @@ class BatchSampler:
             self._force_failed(logits, plan)
         if plan.rows.size == 0:
             return
+        if self.follower:
+            self._follow(logits, plan)
+            return
+        u: torch.Tensor | None = None
         try:
-            self._sample_rows(logits, plan)
+            u = self._sample_rows(logits, plan)
         except Exception as exc:
             # Nothing may take the shared engine down (ERRATA §5): with no fallback
             # (QR_FALLBACK_MODE=error) an unavailable source fails these requests,
@@ -199,8 +218,59 @@ class BatchSampler:
             if not _is_expected_failure(exc):
                 logger.exception("qr-sampler step failed unexpectedly; failing its requests")
             self._fail(logits, plan, f"{type(exc).__name__}: {exc}")
+            u = None
+        if self._tp is not None:
+            # Every step that samples rows broadcasts, failed or not: the followers wait for it.
+            if u is None:
+                u = torch.full(
+                    (plan.rows.size,), math.nan, dtype=torch.float64, device=logits.device
+                )
+            self._tp.broadcast(u, src=0)
 
-    def _sample_rows(self, logits: torch.Tensor, plan: _Plan) -> None:
+    def _follow(self, logits: torch.Tensor, plan: _Plan) -> None:
+        """A follower's step: the leader's selection on the same logits, at the leader's u."""
+        rows = plan.rows.size
+        prepared = None
+        error = "the tensor-parallel leader (rank 0) failed this step's requests"
+        try:
+            self._ensure_capacity(rows, logits)
+            sub = self._gather(logits, plan)
+            if plan.penalty_pos is not None:
+                self._apply_penalties(sub, plan)
+            temperature, _ = self._temperature(sub, plan)
+            prepared = self._prepare(sub, temperature, plan)
+        except Exception as exc:
+            logger.exception("qr-sampler follower step failed unexpectedly; failing its requests")
+            error = f"{type(exc).__name__}: {exc}"
+        # Always receive: the leader broadcasts for every step that samples rows.
+        u = torch.empty(rows, dtype=torch.float64, device=logits.device)
+        assert self._tp is not None
+        self._tp.broadcast(u, src=0)
+        try:
+            if prepared is None or bool(torch.isnan(u).any()):
+                raise EntropyUnavailableError(error)
+            sel = prepared.select(u)
+            self._force(logits, plan.rows_t, _as_tensor(sel.token_id, logits))
+        except Exception as exc:
+            self._fail(logits, plan, f"{type(exc).__name__}: {exc}")
+
+    def _prepare(self, sub: torch.Tensor, temperature: torch.Tensor, plan: _Plan) -> Any:
+        assert plan.top_k is not None
+        assert plan.top_p is not None
+        assert plan.min_p is not None
+        return self.selector.prepare_batch(
+            sub,
+            temperature=temperature,
+            top_k=plan.top_k,
+            top_p=plan.top_p,
+            min_p=plan.min_p,
+            # Every per-row value was checked at admission (validate_params) and
+            # by the config model; u comes clamped from the amplifier.
+            validate=False,
+        )
+
+    def _sample_rows(self, logits: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """The leader's step (the only one without tensor parallelism); returns u on the device."""
         rows = plan.rows.size
         self._ensure_capacity(rows, logits)
         sub = self._gather(logits, plan)
@@ -215,25 +285,14 @@ class BatchSampler:
         started = time.monotonic_ns()
         pending = self._fetch(plan)
         temperature, entropy = self._temperature(sub, plan)
-        assert plan.top_k is not None
-        assert plan.top_p is not None
-        assert plan.min_p is not None
-        prepared = self.selector.prepare_batch(
-            sub,
-            temperature=temperature,
-            top_k=plan.top_k,
-            top_p=plan.top_p,
-            min_p=plan.min_p,
-            # Every per-row value was checked at admission (validate_params) and
-            # by the config model; u comes clamped from the amplifier.
-            validate=False,
-        )
+        prepared = self._prepare(sub, temperature, plan)
         block = pending.result()
         prov = block.provenance
         latency = prov.fetch_latency_ns or (time.monotonic_ns() - started)
 
         u, z, mean = self._amplify(block.data, plan)
-        sel = prepared.select(self._u_to_device(u, rows))
+        u_dev = self._u_to_device(u, rows)
+        sel = prepared.select(u_dev)
         token_ids = _as_tensor(sel.token_id, logits)
         self._force(logits, plan.rows_t, token_ids)
 
@@ -269,6 +328,7 @@ class BatchSampler:
             status="ok",
             error="",
         )
+        return u_dev
 
     # --- pieces of the step ---------------------------------------------------
 
@@ -446,6 +506,8 @@ class BatchSampler:
         status: str,
         error: str,
     ) -> None:
+        if self.follower:
+            return  # the leader writes the records of the whole group
         seqs = np.fromiter((_sequence_number(s) for s in slots), dtype=np.int64, count=len(slots))
         now = time.time_ns()
         if prov is not None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from qr_entropy import EntropySource, build_entropy_source
+from qr_entropy import EntropySource, EntropyUnavailableError, build_entropy_source
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2LogitsProcessor
@@ -81,14 +81,23 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self.config = config if config is not None else QRSamplerConfig()
         self.runner = runner
         self._resolver = RequestResolver(self.config)
-        self._source = source if source is not None else build_entropy_source(self.config)
+        tp_group = _tensor_parallel_group()
+        # Under tensor parallelism only rank 0 draws entropy and writes records; the
+        # other ranks take each step's u from it (see qr_vllm._pipeline).
+        follower = tp_group is not None and int(tp_group.rank_in_group) != 0
+        if follower:
+            self._source: EntropySource = _LeaderDrawsSource()
+        else:
+            self._source = source if source is not None else build_entropy_source(self.config)
         self.sampling_logger = SamplingLogger(
-            self.config.log_level,
-            self.config.records_path,
+            "none" if follower else self.config.log_level,
+            None if follower else self.config.records_path,
             self.config.records_queue_steps,
             self.config.diagnostic_max_records,
         )
-        self._sampler = BatchSampler(self._source, self.sampling_logger, device, pin, runner)
+        self._sampler = BatchSampler(
+            self._source, self.sampling_logger, device, pin, runner, tp_group=tp_group
+        )
         self._serials = itertools.count(1)
         self._finalizer = weakref.finalize(
             self,
@@ -97,6 +106,17 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self.sampling_logger,
             self._source,
         )
+        if follower:
+            assert tp_group is not None
+            logger.info(
+                "qr-sampler ready on runner %s (%s), tensor-parallel rank %d of %d: "
+                "rank 0 draws the entropy and writes the records",
+                runner,
+                device,
+                int(tp_group.rank_in_group),
+                int(tp_group.world_size),
+            )
+            return
         logger.info(
             "qr-sampler ready on runner %s (%s): source %s, fallback %s, records %s",
             runner,
@@ -237,6 +257,29 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         if failure:
             self._sampler.failed_requests += 1
         return state
+
+
+def _tensor_parallel_group() -> Any | None:
+    """vLLM's tensor-parallel group of this worker when it has several ranks, else None."""
+    try:
+        from vllm.distributed.parallel_state import get_tp_group  # noqa: PLC0415
+
+        group = get_tp_group()
+    except (ImportError, AssertionError):
+        return None  # no distributed state: built outside an engine (tools, tests)
+    return group if int(group.world_size) > 1 else None
+
+
+class _LeaderDrawsSource(EntropySource):
+    """What a tensor-parallel rank other than 0 holds: it never draws entropy itself."""
+
+    @property
+    def name(self) -> str:
+        return "tensor_parallel_rank_0"
+
+    def get_random_bytes(self, n: int) -> bytes:
+        msg = "only tensor-parallel rank 0 draws entropy; this rank takes u from it"
+        raise EntropyUnavailableError(msg)
 
 
 def _request_info(serial: int, resolved: ResolvedRequest) -> RequestInfo:
