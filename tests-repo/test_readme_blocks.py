@@ -162,6 +162,9 @@ def _environment() -> dict[str, str]:
 def test_readme_block_runs(block: Block, tmp_path: Path) -> None:
     """The block exits 0 when run as shown."""
     cwd = REPO_ROOT if block.options.get("in") == "repo" else tmp_path
+    # What a block run from the repository root writes there (the demo's records) goes
+    # again afterwards, unless it was there before.
+    before = set(REPO_ROOT.iterdir()) if cwd == REPO_ROOT else set()
     if "setup" in block.options:
         SETUPS[block.options["setup"]](tmp_path)
     if block.language == "python":
@@ -187,4 +190,19 @@ def test_readme_block_runs(block: Block, tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
+        if cwd == REPO_ROOT:
+            for path in set(REPO_ROOT.iterdir()) - before:
+                if path.is_file() and not _tracked(path):
+                    path.unlink()
     assert process.returncode == 0, f"{block} failed ({process.returncode}):\n{output[-6000:]}"
+
+
+def _tracked(path: Path) -> bool:
+    """Whether git tracks ``path`` (a new file a block should leave stays)."""
+    result = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", str(path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
