@@ -39,7 +39,7 @@ def _kill_after(records: Path, count: int, server: EntropyServerProcess) -> None
 
 @pytest.mark.timeout(900)
 def test_two_ranks_choose_the_same_tokens_and_rank_0_alone_records(
-    tiny_model: Path, mock_llm: tuple[Any, Path], tmp_path: Path
+    tiny_model: Path, tmp_path: Path
 ) -> None:
     records = tmp_path / "tp.jsonl"
     server = EntropyServerProcess().start()
@@ -71,27 +71,6 @@ def test_two_ranks_choose_the_same_tokens_and_rank_0_alone_records(
                 assert [r["token_id"] for r in mine] == list(o.outputs[0].token_ids)
                 assert [r["sequence_number"] for r in mine] == list(range(TOKENS))
 
-            # Rank 0's logits at each step match one rank's logits for the same history:
-            # had rank 1 chosen other tokens, its half of the attention heads would have
-            # attended to a different text from the second step on.
-            mock, mock_records = mock_llm
-            out = outs[0]
-            prompt_ids = list(out.prompt_token_ids)
-            tokens = list(out.outputs[0].token_ids)
-            before = len(read_records(mock_records))
-            replay = [{"prompt_token_ids": prompt_ids + tokens[:t]} for t in range(TOKENS)]
-            labels = [_params(max_tokens=1, qr_label=f"replay-{t}") for t in range(TOKENS)]
-            mock.generate(replay, labels, use_tqdm=False)
-            one_rank = {
-                int(r["label"].split("-")[1]): r["shannon_entropy"]
-                for r in read_records(mock_records, before + TOKENS)[before:]
-            }
-            ours = sorted(
-                (r for r in rows if r["label"] == "tp-0"), key=lambda r: r["sequence_number"]
-            )
-            for t, r in enumerate(ours):
-                assert r["shannon_entropy"] == pytest.approx(one_rank[t], abs=1e-3), t
-
             # The source dies mid-generation in error mode: both ranks end the requests
             # with their stop token (a rank that did not would wait for rank 0 forever),
             # and the engine serves on.
@@ -112,3 +91,27 @@ def test_two_ranks_choose_the_same_tokens_and_rank_0_alone_records(
             assert [len(o.outputs[0].token_ids) for o in native] == [TOKENS, TOKENS]
     finally:
         server.stop()
+
+    # Rank 0's logits at each step match one rank's logits for the same text: had
+    # rank 1 chosen other tokens, its half of the attention heads would have attended
+    # to a different text from the second step on.
+    prompt_ids = list(outs[0].prompt_token_ids)
+    tokens = list(outs[0].outputs[0].token_ids)
+    ours = sorted((r for r in rows if r["label"] == "tp-0"), key=lambda r: r["sequence_number"])
+    replay_records = tmp_path / "one-rank.jsonl"
+    with in_process_llm(
+        tiny_model,
+        QR_ENTROPY_SOURCE_TYPE="mock_uniform",
+        QR_RECORDS_PATH=str(replay_records),
+        QR_LOG_LEVEL="none",
+    ) as one:
+        replay = [{"prompt_token_ids": prompt_ids + tokens[:t]} for t in range(TOKENS)]
+        labels = [_params(max_tokens=1, qr_label=f"replay-{t}") for t in range(TOKENS)]
+        one.generate(replay, labels, use_tqdm=False)
+        one_rank = {
+            int(r["label"].split("-")[1]): r["shannon_entropy"]
+            for r in read_records(replay_records, TOKENS)
+        }
+    assert sorted(one_rank) == list(range(TOKENS))
+    for t, r in enumerate(ours):
+        assert r["shannon_entropy"] == pytest.approx(one_rank[t], abs=1e-3), t
