@@ -80,9 +80,10 @@ def test_parts_no_reader_started_are_read_by_the_caller(
     source: SystemEntropySource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_system, "_usable_cpus", lambda: 2)
-    source.get_random_bytes(2 * PART)  # starts the one reader thread
+    monkeypatch.setattr(_system, "MAX_READERS", 2)  # a pool of one reader
+    source.get_random_bytes(2 * PART)  # starts it
     release = threading.Event()
-    busy = source._pool(1).submit(release.wait, 10)  # keeps that reader busy
+    busy = source._pool().submit(release.wait, 10)  # keeps that reader busy
     spy = Spy(monkeypatch)
     try:
         data = source.get_random_bytes(2 * PART + 1)
@@ -104,6 +105,8 @@ def test_read_uses_no_more_threads_than_cpus(
     spy.calls.clear()
     assert len(source.get_random_bytes(100 * PART)) == 100 * PART
     assert len(spy.calls) == _system.MAX_READERS
+    readers = [t for t in threading.enumerate() if t.name.startswith("qr-system-read")]
+    assert 1 <= len(readers) <= _system.MAX_READERS - 1
 
 
 def _started_readers(

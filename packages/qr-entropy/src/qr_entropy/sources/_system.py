@@ -47,7 +47,6 @@ class SystemEntropySource(EntropySource):
     def __init__(self) -> None:
         self._readers: ThreadPoolExecutor | None = None
         self._readers_pid = 0
-        self._readers_size = 0
         self._lock = threading.Lock()
 
     @property
@@ -64,9 +63,9 @@ class SystemEntropySource(EntropySource):
         size, extra = divmod(total, parts)
         sizes = [size + (1 if i < extra else 0) for i in range(parts)]
         try:
-            pool = self._pool(parts - 1)
+            pool = self._pool()
             pending: list[Future[bytes]] = [pool.submit(os.urandom, s) for s in sizes[1:]]
-        except RuntimeError:  # another thread closed (or replaced) the pool meanwhile
+        except RuntimeError:  # another thread closed the pool meanwhile
             return os.urandom(total)
         chunks = [os.urandom(sizes[0])]
         for future, s in zip(pending, sizes[1:], strict=True):
@@ -74,15 +73,17 @@ class SystemEntropySource(EntropySource):
             chunks.append(os.urandom(s) if future.cancel() else future.result())
         return b"".join(chunks)
 
-    def _pool(self, workers: int) -> ThreadPoolExecutor:
+    def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
             pool = self._readers
-            if pool is None or self._readers_pid != os.getpid() or self._readers_size < workers:
-                # A forked child inherits the pool but not its threads: start its own.
-                if pool is not None and self._readers_pid == os.getpid():
-                    pool.shutdown(wait=False)
-                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qr-system-read")
-                self._readers, self._readers_pid, self._readers_size = pool, os.getpid(), workers
+            # A forked child inherits the pool but not its threads: it starts its own.
+            if pool is None or self._readers_pid != os.getpid():
+                # The executor starts a thread only when no started one is idle: with
+                # few usable CPUs, reads of few parts keep reusing the first readers.
+                pool = ThreadPoolExecutor(
+                    max_workers=MAX_READERS - 1, thread_name_prefix="qr-system-read"
+                )
+                self._readers, self._readers_pid = pool, os.getpid()
             return pool
 
     def close(self) -> None:
