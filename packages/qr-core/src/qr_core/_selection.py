@@ -270,47 +270,23 @@ class TokenSelector:
         Raises:
             TokenSelectionError: Bad logits or a parameter out of range.
         """
+        values: dict[str, object] = {
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "min_p": min_p,
+        }
         small = small_host_view(logits)
+        as_tensors = small is not None
         if small is not None:
             # Same code on zero-copy numpy views (see SMALL_HOST_ELEMENTS); results back as tensors.
-            return self._prepare(
-                small,
-                temperature=_host_param("temperature", temperature, integer=False),
-                top_k=_host_param("top_k", top_k, integer=True),
-                top_p=_host_param("top_p", top_p, integer=False),
-                min_p=_host_param("min_p", min_p, integer=False),
-                validate=validate,
-                as_tensors=True,
-            )
-        return self._prepare(
-            logits,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            validate=validate,
-            as_tensors=False,
-        )
-
-    def _prepare(
-        self,
-        logits: Any,
-        *,
-        temperature: object,
-        top_k: object,
-        top_p: object,
-        min_p: object,
-        validate: bool,
-        as_tensors: bool,
-    ) -> PreparedSelection:
+            logits = small
+            values = {k: _host_param(k, v, integer=k == "top_k") for k, v in values.items()}
         xp = self._backend(logits)
         check_logits(xp, logits, ndim=2, error=TokenSelectionError)
         rows = logits.shape[0]
         params = _RowParams(
-            temperature=_row_param(xp, "temperature", temperature, rows, integer=False),
-            top_k=_row_param(xp, "top_k", top_k, rows, integer=True),
-            top_p=_row_param(xp, "top_p", top_p, rows, integer=False),
-            min_p=_row_param(xp, "min_p", min_p, rows, integer=False),
+            **{k: _row_param(xp, k, v, rows, integer=k == "top_k") for k, v in values.items()},
             u=None,
         )
         head = self._first_head(xp, params, validate=validate)
