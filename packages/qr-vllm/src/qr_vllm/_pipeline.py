@@ -233,10 +233,7 @@ class BatchSampler:
         prepared = None
         error = "the tensor-parallel leader (rank 0) failed this step's requests"
         try:
-            self._ensure_capacity(rows, logits)
-            sub = self._gather(logits, plan)
-            if plan.penalty_pos is not None:
-                self._apply_penalties(sub, plan)
+            sub = self._rows_logits(logits, plan)
             temperature, _ = self._temperature(sub, plan)
             prepared = self._prepare(sub, temperature, plan)
         except Exception as exc:
@@ -272,10 +269,7 @@ class BatchSampler:
     def _sample_rows(self, logits: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """The leader's step (the only one without tensor parallelism); returns u on the device."""
         rows = plan.rows.size
-        self._ensure_capacity(rows, logits)
-        sub = self._gather(logits, plan)
-        if plan.penalty_pos is not None:
-            self._apply_penalties(sub, plan)
+        sub = self._rows_logits(logits, plan)
 
         # Just in time: every row's logits (penalties applied) exist now; this is the
         # step's only fetch. It runs on the fetch thread while everything that does not
@@ -361,6 +355,14 @@ class BatchSampler:
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True)
             self._fetcher = None
+
+    def _rows_logits(self, logits: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """The sampled rows' logits, with their penalties applied (runner V1)."""
+        self._ensure_capacity(plan.rows.size, logits)
+        sub = self._gather(logits, plan)
+        if plan.penalty_pos is not None:
+            self._apply_penalties(sub, plan)
+        return sub
 
     def _gather(self, logits: torch.Tensor, plan: _Plan) -> torch.Tensor:
         if plan.rows_t is None:
