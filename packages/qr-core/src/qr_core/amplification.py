@@ -84,7 +84,7 @@ class SignalAmplifier(ABC):
     one-row form built on it.
     """
 
-    #: The registry name, set by :meth:`AmplifierRegistry.register`.
+    #: The name the class is selected by (its entry-point name).
     name: ClassVar[str] = ""
 
     def amplify(
@@ -139,7 +139,7 @@ class SignalAmplifier(ABC):
 
 
 class AmplifierRegistry(ComponentRegistry[SignalAmplifier]):
-    """Amplifiers by name: built-ins by decorator, plugins from ``qr_core.amplifiers``."""
+    """Amplifiers by name, from the ``qr_core.amplifiers`` entry points (built-ins included)."""
 
     group = "qr_core.amplifiers"
     kind = "amplifier"
@@ -159,9 +159,8 @@ def _check_block(block: object) -> np.ndarray:
     return block
 
 
-@AmplifierRegistry.register("zscore_mean")
 class ZScoreMeanAmplifier(SignalAmplifier):
-    """z-score of the byte mean, through the standard normal CDF.
+    """z-score of the byte mean, through the standard normal CDF (entry point ``zscore_mean``).
 
     For n bytes with mean M: ``z = (M − μ) / (σ / √n)`` and
     ``u = Φ(z)`` clamped to ``[ε, 1 − ε]``. Under the null hypothesis
@@ -179,6 +178,8 @@ class ZScoreMeanAmplifier(SignalAmplifier):
     Raises:
         SignalAmplificationError: A parameter that is not finite, σ <= 0, or ε outside (0, 0.5).
     """
+
+    name: ClassVar[str] = "zscore_mean"
 
     def __init__(
         self,
