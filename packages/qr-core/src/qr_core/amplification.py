@@ -32,7 +32,8 @@ __all__ = [
 #: Mean of a byte drawn uniformly from 0..255.
 POPULATION_MEAN: float = 127.5
 #: Standard deviation of a byte drawn uniformly from the integers 0..255: sqrt((256² − 1) / 12).
-#: 255 / sqrt(12) = 73.612 is the continuous-uniform value and makes z over-dispersed (ERRATA §1).
+#: 255 / sqrt(12) = 73.612 is the continuous-uniform value and makes z over-dispersed
+#: (see ARCHITECTURE.md, design note "The null σ").
 POPULATION_STD: float = math.sqrt((256**2 - 1) / 12)
 #: u is clamped to [ε, 1 − ε] so the CDF lookup never sees exactly 0 or 1.
 DEFAULT_UNIFORM_CLAMP_EPSILON: float = 1e-10

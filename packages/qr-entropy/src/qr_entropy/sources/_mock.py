@@ -66,6 +66,8 @@ def tilted_byte_distribution(mean_shift: float) -> npt.NDArray[np.float64]:
 class MockUniformSource(EntropySource):
     """Seeded pseudo-random bytes for tests and bias simulations (entry point ``mock_uniform``).
 
+    See ARCHITECTURE.md, design note "The mock source's null".
+
     With ``mean_shift == 0`` the bytes are exactly uniform on 0..255 (numpy's
     PCG64 ``Generator.bytes``). A non-zero shift draws each byte from the
     exponentially tilted distribution with mean ``127.5 + mean_shift``. The
