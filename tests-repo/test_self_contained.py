@@ -105,6 +105,21 @@ def test_no_citation_of_a_file_outside_the_repository() -> None:
     )
 
 
+_PARENT_PATH = re.compile(r"(?<![\w./-])((?:\.\./)+[\w.-]*)")
+
+
+def test_relative_paths_do_not_climb_out_of_the_repository() -> None:
+    """``../`` in any file (compose contexts, docs, scripts) resolves inside the checkout."""
+    root = REPO_ROOT.resolve()
+    outside = []
+    for path in TEXT_FILES:
+        for number, line in enumerate(_read(path).splitlines(), 1):
+            for relative in _PARENT_PATH.findall(line):
+                if not (path.parent / relative).resolve().is_relative_to(root):
+                    outside.append(f"{path.relative_to(REPO_ROOT)}:{number}: {relative}")
+    assert not outside, "paths that leave the repository:\n" + "\n".join(outside)
+
+
 _INLINE_LINK = re.compile(r"!?\[[^\]\n]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]\n]+\]:\s*<?(\S+?)>?(?:\s+.*)?$", re.MULTILINE)
 _HTML_LINK = re.compile(r"""<(?:a|img)\s[^>]*?(?:href|src)=["']([^"']+)["']""", re.IGNORECASE)
@@ -194,6 +209,13 @@ def test_every_cited_design_note_exists() -> None:
 )
 def test_the_patterns_catch_what_they_name(line: str, what: str) -> None:
     assert FORBIDDEN[what].search(line)
+
+
+def test_the_parent_path_scan_finds_paths() -> None:
+    assert _PARENT_PATH.findall("context: ../.. and see ../../shared/x, not a/../b") == [
+        "../..",
+        "../../shared",
+    ]
 
 
 def test_the_link_scan_finds_links() -> None:
