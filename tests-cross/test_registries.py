@@ -280,8 +280,8 @@ def test_refresh_forgets_the_scan(case: Case, install: Install) -> None:
 
 
 def test_register_in_process(case: Case, install: Install) -> None:
-    namespace: dict[str, Any] = {}
-    exec(case.plugin_code, namespace)  # a class defined here, in no installed distribution
+    namespace: dict[str, Any] = {"__name__": "cross_app.plugins"}
+    exec(case.plugin_code, namespace)  # a class of an application, in no installed distribution
     plugin = namespace["Plugin"]
     other = type("Other", (plugin,), {})
     install("cross-declared", {"cross_local": "{module}:Plugin"})
@@ -289,7 +289,7 @@ def test_register_in_process(case: Case, install: Install) -> None:
     try:
         assert registry.register("cross_local")(plugin) is plugin
         assert registry.get("cross_local") is plugin  # wins over the entry point
-        assert registry.available()["cross_local"] == "builtins"  # its module's package
+        assert registry.available()["cross_local"] == "cross_app"  # its module's package
         assert registry.register("cross_local")(plugin) is plugin  # the same class again: fine
         with pytest.raises(case.register_error, match="'cross_local' is already registered to"):
             registry.register("cross_local")(other)
