@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
+import pickle
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -329,3 +330,21 @@ def test_lookups_and_refresh_take_one_lock(case: Case, install: Install) -> None
     assert not refresh.is_alive()
     assert len(found) == 1
     assert issubclass(found[0], case.base)
+
+
+def test_errors_keep_their_attributes_across_processes(case: Case, install: Install) -> None:
+    """vLLM hands errors between processes by pickling them."""
+    install("cross-pickled", {"cross_pickled": "{module}:Plugin"}, "raise RuntimeError('x')\n")
+    errors = []
+    for name in ("no_such_component", "cross_pickled"):
+        with pytest.raises((case.unknown_error, case.load_error)) as info:
+            case.registry.get(name)
+        errors.append(info.value)
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        unknown = isinstance(error, LookupError)
+        for attribute in ("name", "available") if unknown else ("name", "distribution"):
+            assert getattr(copy, attribute) == getattr(error, attribute), attribute
+    assert errors[1].distribution == "cross-pickled"  # type: ignore[attr-defined]
