@@ -11,6 +11,7 @@ them exactly as it finds an installed wheel.
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 import logging
 import pickle
@@ -37,6 +38,7 @@ from qr_entropy import (
     EntropyConfigError,
     EntropySource,
     EntropySourceRegistry,
+    FallbackEntropySource,
     QREntropyError,
     SourceLoadError,
     UnknownSourceError,
@@ -181,6 +183,26 @@ def test_every_builtin_comes_from_its_owners_entry_point(case: Case) -> None:
         # Not registered in process: that would list the module's package, not the distribution.
         assert available[name] == case.owner, (name, available)
         assert case.registry.get(name) is ep.load()
+
+
+#: Public classes of a registry's base that are not selectable by name: a wrapper.
+NOT_SELECTABLE = {FallbackEntropySource}
+
+
+def test_every_public_concrete_class_of_the_owner_is_declared(case: Case) -> None:
+    """With no registration at import, a built-in without an entry point would be unreachable."""
+    package = importlib.import_module(case.base.__module__.partition(".")[0])
+    public = {
+        obj
+        for obj in (getattr(package, name) for name in package.__all__)
+        if isinstance(obj, type)
+        and issubclass(obj, case.base)
+        and not inspect.isabstract(obj)
+        and obj not in NOT_SELECTABLE
+    }
+    assert public, f"{package.__name__} exports no concrete {case.base.__name__}"
+    declared = {ep.load() for ep in _own_entry_points(case).values()}
+    assert public <= declared, f"no {case.group} entry point for {public - declared}"
 
 
 def test_available_is_a_sorted_mapping_and_imports_nothing(case: Case, install: Install) -> None:
