@@ -12,6 +12,7 @@ from __future__ import annotations
 from importlib.metadata import version as _version
 
 from qr_core._errors import (
+    ComponentLoadError,
     QRCoreError,
     SignalAmplificationError,
     TemperatureStrategyError,
@@ -57,6 +58,7 @@ __all__ = [
     "BatchAmplificationResult",
     "BatchSelectionResult",
     "BatchTemperatureResult",
+    "ComponentLoadError",
     "EDTTemperatureStrategy",
     "FixedTemperatureStrategy",
     "PreparedSelection",

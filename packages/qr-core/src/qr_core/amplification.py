@@ -32,7 +32,8 @@ __all__ = [
 #: Mean of a byte drawn uniformly from 0..255.
 POPULATION_MEAN: float = 127.5
 #: Standard deviation of a byte drawn uniformly from the integers 0..255: sqrt((256² − 1) / 12).
-#: 255 / sqrt(12) = 73.612 is the continuous-uniform value and makes z over-dispersed (ERRATA §1).
+#: 255 / sqrt(12) = 73.612 is the continuous-uniform value and makes z over-dispersed
+#: (see ARCHITECTURE.md, design note "The null σ").
 POPULATION_STD: float = math.sqrt((256**2 - 1) / 12)
 #: u is clamped to [ε, 1 − ε] so the CDF lookup never sees exactly 0 or 1.
 DEFAULT_UNIFORM_CLAMP_EPSILON: float = 1e-10
@@ -84,7 +85,7 @@ class SignalAmplifier(ABC):
     one-row form built on it.
     """
 
-    #: The registry name, set by :meth:`AmplifierRegistry.register`.
+    #: The name the class is selected by (its entry-point name).
     name: ClassVar[str] = ""
 
     def amplify(
@@ -139,7 +140,7 @@ class SignalAmplifier(ABC):
 
 
 class AmplifierRegistry(ComponentRegistry[SignalAmplifier]):
-    """Amplifiers by name: built-ins by decorator, plugins from ``qr_core.amplifiers``."""
+    """Amplifiers by name, from the ``qr_core.amplifiers`` entry points (built-ins included)."""
 
     group = "qr_core.amplifiers"
     kind = "amplifier"
@@ -159,9 +160,8 @@ def _check_block(block: object) -> np.ndarray:
     return block
 
 
-@AmplifierRegistry.register("zscore_mean")
 class ZScoreMeanAmplifier(SignalAmplifier):
-    """z-score of the byte mean, through the standard normal CDF.
+    """z-score of the byte mean, through the standard normal CDF (entry point ``zscore_mean``).
 
     For n bytes with mean M: ``z = (M − μ) / (σ / √n)`` and
     ``u = Φ(z)`` clamped to ``[ε, 1 − ε]``. Under the null hypothesis
@@ -179,6 +179,8 @@ class ZScoreMeanAmplifier(SignalAmplifier):
     Raises:
         SignalAmplificationError: A parameter that is not finite, σ <= 0, or ε outside (0, 0.5).
     """
+
+    name: ClassVar[str] = "zscore_mean"
 
     def __init__(
         self,

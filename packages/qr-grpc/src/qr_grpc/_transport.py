@@ -89,9 +89,10 @@ class TransportConfig:
 
 
 def check_length(response: EntropyResponse, n: int) -> None:
-    """Raise a protocol failure unless the payload has exactly n bytes (ERRATA §11)."""
+    """Raise a protocol failure unless the payload has exactly n bytes."""
     if len(response.data) != n:
-        # A wrong length is a failure of the source, not a short sample.
+        # A wrong length is a failure of the source, not a short sample (see
+        # ARCHITECTURE.md, design note "Payload length").
         raise FetchFailure(
             "protocol", f"server returned {len(response.data)} bytes for a request of {n} bytes"
         )
