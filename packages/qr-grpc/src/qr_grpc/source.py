@@ -5,25 +5,20 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import ValidationError
 from qr_entropy import EntropyBlock, EntropyFetch, EntropySettings, EntropySource
 
 from qr_grpc._address import GrpcAddress, parse_address
+from qr_grpc._bidi import BidiSession
 from qr_grpc._breaker import CircuitBreaker, CircuitState
-from qr_grpc._errors import CircuitOpenError, GrpcConfigError, GrpcEntropyUnavailableError
+from qr_grpc._client_config import load_settings, transport_config
+from qr_grpc._errors import CircuitOpenError, GrpcEntropyUnavailableError
+from qr_grpc._failure import FetchFailure, check_length
 from qr_grpc._loop import LoopStoppedError, LoopThread
 from qr_grpc._proto.entropy_service_pb2 import EntropyResponse
 from qr_grpc._settings import GrpcSettings
-from qr_grpc._transport import (
-    AioTransport,
-    BidiSession,
-    FetchFailure,
-    TransportConfig,
-    check_length,
-)
+from qr_grpc._transport import AioTransport
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,18 +35,6 @@ _LOOP_GRACE_S = 2.0
 # Budget of the live health probe in health_check().
 _HEALTH_PROBE_TIMEOUT_S = 1.0
 _EMPTY_RESPONSE = EntropyResponse(data=b"")
-
-
-def _read_pem(label: str, path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise GrpcConfigError(
-            f"{label}={str(path)!r} cannot be read ({error.strerror or error}); "
-            "give the path of a readable PEM file"
-        ) from None
 
 
 class QuantumGrpcSource(EntropySource):
@@ -97,48 +80,10 @@ class QuantumGrpcSource(EntropySource):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if settings is None:
-            settings = _load_settings({})
+            settings = load_settings({})
         self._settings = settings
         self._address: GrpcAddress = parse_address(settings.grpc_server_address)
-        if settings.grpc_mode != "unary" and not settings.grpc_stream_method_path:
-            raise GrpcConfigError(
-                f"grpc_mode={settings.grpc_mode!r} needs grpc_stream_method_path, which is "
-                "empty; set it or use grpc_mode='unary'"
-            )
-        cert, key = settings.grpc_tls_cert_file, settings.grpc_tls_key_file
-        if (cert is None) != (key is None):
-            raise GrpcConfigError(
-                "grpc_tls_cert_file and grpc_tls_key_file must be set together for mutual "
-                f"TLS (got cert={cert!s}, key={key!s})"
-            )
-        use_tls = settings.grpc_tls or settings.grpc_tls_ca_file is not None or cert is not None
-        tls = (
-            (
-                _read_pem("grpc_tls_ca_file", settings.grpc_tls_ca_file),
-                _read_pem("grpc_tls_key_file", key),
-                _read_pem("grpc_tls_cert_file", cert),
-            )
-            if use_tls
-            else None
-        )
-        api_key = settings.grpc_api_key.get_secret_value()
-        metadata = ((settings.grpc_api_key_header, api_key),) if api_key else ()
-        max_bytes = settings.grpc_max_message_bytes
-        options: list[tuple[str, object]] = [
-            ("grpc.max_send_message_length", max_bytes),
-            ("grpc.max_receive_message_length", max_bytes),
-            # Channels in a process share connections (subchannels) by default, and with
-            # them the reconnect backoff of a failed one; a rebuilt channel must really
-            # reconnect, so each channel keeps its own.
-            ("grpc.use_local_subchannel_pool", 1),
-        ]
-        server_name = settings.grpc_tls_server_name
-        if not server_name and tls is not None and self._address.kind == "unix":
-            # grpc would check the socket path against the certificate; a local socket's
-            # certificate names the local host.
-            server_name = "localhost"
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
+        transport = transport_config(settings, self._address)
         self._timeout_ceiling_s = settings.grpc_timeout_ms / 1000.0
         self._breaker = CircuitBreaker(
             window_size=settings.cb_window_size,
@@ -148,17 +93,7 @@ class QuantumGrpcSource(EntropySource):
             max_consecutive_failures=settings.cb_max_consecutive_failures,
             clock=clock,
         )
-        self._transport = AioTransport(
-            TransportConfig(
-                target=self._address.target,
-                mode=settings.grpc_mode,
-                method_path=settings.grpc_method_path,
-                stream_method_path=settings.grpc_stream_method_path,
-                metadata=metadata,
-                tls=tls,
-                options=tuple(options),
-            )
-        )
+        self._transport = AioTransport(transport)
         self._loop = LoopThread("qr-grpc-client")
         self._bidi: BidiSession | None = None
         self._closed = False
@@ -183,7 +118,7 @@ class QuantumGrpcSource(EntropySource):
             for name in GrpcSettings.model_fields
             if name in settings.model_fields_set
         }
-        source = cls(_load_settings(overrides))
+        source = cls(load_settings(overrides))
         source.configure(settings)
         return source
 
@@ -391,14 +326,3 @@ class QuantumGrpcSource(EntropySource):
         if self._loop.started:
             self._loop.stop(self._transport.close())
         logger.debug("closed quantum_grpc source for %s", self._address)
-
-
-def _load_settings(overrides: dict[str, object]) -> GrpcSettings:
-    try:
-        return GrpcSettings(**overrides)  # type: ignore[arg-type]  # validated by pydantic
-    except ValidationError as error:
-        problems = "; ".join(
-            f"QR_{'_'.join(str(p) for p in e['loc']).upper()}={e.get('input')!r}: {e['msg']}"
-            for e in error.errors()
-        )
-        raise GrpcConfigError(f"invalid gRPC settings: {problems}") from None
