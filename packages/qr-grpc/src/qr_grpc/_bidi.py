@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import grpc
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # How long a failed bidi write waits for the reader to learn the server's status.
 _READER_GRACE_S = 1.0
+# Unanswered abandoned requests after which the stream is given up and reopened.
+_MAX_ABANDONED = 64
 
 
 class BidiSession:
@@ -29,8 +32,12 @@ class BidiSession:
 
     Requests carry increasing sequence ids; a reader task hands each response to the
     waiter with the same id, so concurrent fetches never receive each other's bytes.
-    A server that does not echo ids (sequence_id 0) is answered in order, oldest first,
-    which is what an ordered stream gives.
+    The protocol lets a server leave field 2 alone (0) or fill it with ids of its own:
+    a response whose id is not one this session sent is matched to the oldest
+    request still waiting, which is what an ordered stream gives, and from then on the
+    session matches every response that way. A request abandoned at its deadline keeps
+    its place in that order (a tombstone), so its late answer is discarded instead of
+    being handed to the next request.
 
     `request` is called from the fetching thread, not the loop: it queues the request for
     a writer task with one ``call_soon_threadsafe`` and waits on a
@@ -46,7 +53,13 @@ class BidiSession:
         self.generation = generation
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[int, EntropyRequest] | None] = asyncio.Queue()
-        self._pending: dict[int, concurrent.futures.Future[EntropyResponse]] = {}
+        # Oldest first; None marks a request whose fetch gave up (its answer is dropped).
+        self._pending: OrderedDict[int, concurrent.futures.Future[EntropyResponse] | None] = (
+            OrderedDict()
+        )
+        self._abandoned = 0
+        # None until the first response says whether the server echoes sequence ids.
+        self._echoes: bool | None = None
         self._lock = threading.Lock()  # orders sequence ids, pending entries and writes
         self._seq = itertools.count(1)
         self.failure: FetchFailure | None = None
@@ -84,14 +97,13 @@ class BidiSession:
                 if response is grpc.aio.EOF:
                     self._fail(FetchFailure("transport", "bidi stream closed by the server"))
                     return
-                seq = response.sequence_id
                 with self._lock:
-                    if seq == 0 and self._pending:
-                        seq = next(iter(self._pending))
-                    waiter = self._pending.pop(seq, None)
+                    waiter = self._match_locked(response.sequence_id)
                 if waiter is None:
-                    # That fetch already timed out; its late bytes must not reach anyone else.
-                    logger.debug("discarding late bidi response sequence_id=%d", seq)
+                    # That fetch already gave up; its late bytes must not reach anyone else.
+                    logger.debug(
+                        "discarding late bidi response sequence_id=%d", response.sequence_id
+                    )
                     continue
                 waiter.set_result(response)
         except grpc.aio.AioRpcError as error:
@@ -100,13 +112,34 @@ class BidiSession:
             self._fail(FetchFailure("transport", "bidi stream cancelled"))
             raise
 
+    def _match_locked(self, seq: int) -> concurrent.futures.Future[EntropyResponse] | None:
+        if self._echoes is not False and seq in self._pending:
+            self._echoes = True
+            waiter = self._pending.pop(seq)
+        else:
+            if self._echoes is not False:
+                logger.debug(
+                    "bidi server does not echo sequence_id (got %d); matching responses "
+                    "to requests in order",
+                    seq,
+                )
+                self._echoes = False
+            if not self._pending:
+                return None
+            _, waiter = self._pending.popitem(last=False)
+        if waiter is None:
+            self._abandoned -= 1
+        return waiter
+
     def _fail(self, failure: FetchFailure) -> None:
         with self._lock:
             if self.failure is None:
                 self.failure = failure
-            pending, self._pending = self._pending, {}
+            pending, self._pending = self._pending, OrderedDict()
+            self._abandoned = 0
         for waiter in pending.values():
-            waiter.set_exception(FetchFailure(failure.kind, failure.detail))
+            if waiter is not None:
+                waiter.set_exception(failure.copy())
 
     def request(self, n: int, timeout_s: float) -> EntropyResponse:
         """Send one request on the stream and wait for its response (any thread but the loop's).
@@ -117,7 +150,7 @@ class BidiSession:
         waiter: concurrent.futures.Future[EntropyResponse] = concurrent.futures.Future()
         with self._lock:
             if self.failure is not None:
-                raise FetchFailure(self.failure.kind, self.failure.detail)
+                raise self.failure.copy()
             seq = next(self._seq)
             self._pending[seq] = waiter
             # Inside the lock so writes leave in sequence order (the FIFO fallback needs it).
@@ -126,7 +159,7 @@ class BidiSession:
                     self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq))
                 )
             except RuntimeError:  # the loop was closed under us (source closed meanwhile)
-                del self._pending[seq]
+                self._pending.pop(seq, None)
                 raise FetchFailure("transport", "client event loop stopped") from None
         try:
             return waiter.result(timeout_s)
@@ -135,8 +168,19 @@ class BidiSession:
                 "timeout", f"bidi response not received within {timeout_s * 1000:.1f} ms"
             ) from None
         finally:
-            with self._lock:
-                self._pending.pop(seq, None)
+            self._abandon(seq)
+
+    def _abandon(self, seq: int) -> None:
+        """Keep a request that gave up in the order as a tombstone (no-op once answered)."""
+        with self._lock:
+            if self._pending.get(seq) is None:
+                return
+            self._pending[seq] = None
+            self._abandoned += 1
+            too_many = self._abandoned > _MAX_ABANDONED
+        if too_many:
+            # A stream that answers nothing any more: let the next fetch open a new one.
+            self._fail(FetchFailure("transport", "bidi stream stopped answering"))
 
     async def close(self) -> None:
         """Cancel the call and its tasks (on the loop)."""

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from qr_grpc._address import GrpcAddress
 from qr_grpc._errors import GrpcConfigError
-from qr_grpc._settings import GrpcSettings
+from qr_grpc._settings import RESPONSE_FRAMING_BYTES, GrpcSettings
 from qr_grpc._transport import TransportConfig
 
 __all__ = ["load_settings", "transport_config"]
@@ -56,7 +56,9 @@ def transport_config(settings: GrpcSettings, address: GrpcAddress) -> TransportC
     )
     api_key = settings.grpc_api_key.get_secret_value()
     metadata = ((settings.grpc_api_key_header, api_key),) if api_key else ()
-    max_bytes = settings.grpc_max_message_bytes
+    # Responses carry at most grpc_max_bytes_per_request bytes of payload (fetches are
+    # split to fit), requests are a few bytes.
+    max_bytes = settings.grpc_max_bytes_per_request + RESPONSE_FRAMING_BYTES
     options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.max_receive_message_length", max_bytes),

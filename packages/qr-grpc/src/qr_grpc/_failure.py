@@ -31,12 +31,19 @@ class FetchFailure(Exception):  # noqa: N818 -- internal signal, converted by th
         kind: ``timeout``, ``transport`` (rebuild channel, may retry), ``rejected`` (the
             server said no) or ``protocol`` (the answer was wrong, e.g. its length).
         detail: Human-readable cause, never containing credentials.
+        code: The gRPC status name when the server or library gave one
+            (``UNAUTHENTICATED``, ``UNAVAILABLE``...), else empty.
     """
 
-    def __init__(self, kind: FailureKind, detail: str) -> None:
+    def __init__(self, kind: FailureKind, detail: str, code: str = "") -> None:
         super().__init__(detail)
         self.kind: FailureKind = kind
         self.detail = detail
+        self.code = code
+
+    def copy(self) -> FetchFailure:
+        """A new exception with the same classification (one per waiter that gets it)."""
+        return FetchFailure(self.kind, self.detail, self.code)
 
 
 def check_length(response: EntropyResponse, n: int) -> None:
@@ -49,15 +56,16 @@ def check_length(response: EntropyResponse, n: int) -> None:
 
 
 def classify(error: grpc.aio.AioRpcError, what: str) -> FetchFailure:
+    """Turn a failed call into a `FetchFailure` whose kind says what the source does next."""
     code = error.code()
     detail = f"{what}: {code.name} {error.details() or ''}".rstrip()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return FetchFailure("timeout", detail)
+        return FetchFailure("timeout", detail, code.name)
     if code in _TRANSPORT_CODES:
-        return FetchFailure("transport", detail)
+        return FetchFailure("transport", detail, code.name)
     if code == grpc.StatusCode.INTERNAL and (error.details() or "").startswith(_CORE_WRITE_ERROR):
         # grpc.aio's own marker for a write that failed because the call had already
         # ended (e.g. the server closed the stream as the request went out): the
         # server's status is lost, the stream is gone, a new one may well work.
-        return FetchFailure("transport", detail)
-    return FetchFailure("rejected", detail)
+        return FetchFailure("transport", detail, code.name)
+    return FetchFailure("rejected", detail, code.name)

@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="test/diagnostic aid: sleep this long before every response (simulates a slow device)",
     )
+    parser.add_argument(
+        "--delay-jitter-ms",
+        type=float,
+        default=0.0,
+        help="test/diagnostic aid: add a random extra delay of up to this long to every "
+        "response (simulates a jittery device)",
+    )
     parser.add_argument("--max-workers", type=int, default=16, help="serving threads")
     parser.add_argument(
         "--grace-s", type=float, default=5.0, help="seconds running calls get on shutdown"
@@ -102,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_client_ca_file=args.tls_client_ca,
             device_id=args.device_id,
             delay_ms=args.delay_ms,
+            delay_jitter_ms=args.delay_jitter_ms,
             max_workers=args.max_workers,
             close_source=True,
         )

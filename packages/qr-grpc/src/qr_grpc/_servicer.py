@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ class EntropyServicer:
         api_key_header: str,
         device_id: str,
         delay_s: float,
+        jitter_s: float = 0.0,
     ) -> None:
         self._source = source
         self._max_bytes = max_bytes
@@ -44,6 +46,7 @@ class EntropyServicer:
         self._api_key_header = api_key_header
         self._device_id = device_id
         self._delay_s = delay_s
+        self._jitter_s = jitter_s
         self._lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -75,9 +78,11 @@ class EntropyServicer:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"bytes_needed={n} is outside the allowed range 1..{self._max_bytes}",
             )
-        if self._delay_s:
+        if self._delay_s or self._jitter_s:
+            # A test aid, not entropy: the jitter's randomness does not need to be good.
+            delay = self._delay_s + random.uniform(0.0, self._jitter_s)
             # An Event, not time.sleep: stopping the server cuts the simulated delay short.
-            self.stopping.wait(self._delay_s)
+            self.stopping.wait(delay)
         try:
             with self._lock:
                 fetched = self._source.fetch(n)

@@ -20,16 +20,15 @@ from qr_grpc._errors import GrpcConfigError
 from qr_grpc._proto import entropy_service_pb2
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 from qr_grpc._servicer import EntropyServicer
+from qr_grpc._settings import DEFAULT_MAX_BYTES_PER_REQUEST, RESPONSE_FRAMING_BYTES
 
 __all__ = ["DEFAULT_MAX_BYTES_PER_REQUEST", "SERVICE_NAME", "EntropyServer", "serve"]
+
+# DEFAULT_MAX_BYTES_PER_REQUEST (4 MiB) is the client's default too, so the two agree.
 
 # The server's events share one logger name, whichever module logs them.
 logger = logging.getLogger("qr_grpc.server")
 
-#: 4 MiB: a decode step of 64 rows × 20,480 bytes (1.25 MiB) with room to grow.
-DEFAULT_MAX_BYTES_PER_REQUEST = 4 * 1024 * 1024
-# Framing bytes a response adds around its payload (sequence id, timestamp, device id).
-_RESPONSE_HEADROOM_BYTES = 64 * 1024
 _SERVICE = entropy_service_pb2.DESCRIPTOR.services_by_name["EntropyService"]
 SERVICE_NAME: str = _SERVICE.full_name
 
@@ -137,6 +136,7 @@ def serve(
     tls_client_ca_file: str | Path | None = None,
     device_id: str = "",
     delay_ms: float = 0.0,
+    delay_jitter_ms: float = 0.0,
     max_workers: int = 16,
     close_source: bool = False,
 ) -> EntropyServer:
@@ -157,6 +157,8 @@ def serve(
         device_id: Reported in every response; defaults to the source's device or name.
         delay_ms: Test and diagnostic aid: sleep this long before each response, to
             simulate a slow device.
+        delay_jitter_ms: Test and diagnostic aid: add a uniformly random extra delay of
+            up to this long to each response, to simulate a jittery device.
         max_workers: Threads serving calls; each open bidi stream holds one.
         close_source: Close ``source`` when the server stops.
 
@@ -171,6 +173,8 @@ def serve(
         raise GrpcConfigError(f"max_bytes_per_request={max_bytes_per_request} must be >= 1")
     if delay_ms < 0:
         raise GrpcConfigError(f"delay_ms={delay_ms} must be >= 0")
+    if delay_jitter_ms < 0:
+        raise GrpcConfigError(f"delay_jitter_ms={delay_jitter_ms} must be >= 0")
     if max_workers < 1:
         raise GrpcConfigError(f"max_workers={max_workers} must be >= 1")
     if (tls_cert_file is None) != (tls_key_file is None):
@@ -204,8 +208,8 @@ def serve(
     server = grpc.server(
         executor,
         options=[
-            ("grpc.max_send_message_length", max_bytes_per_request + _RESPONSE_HEADROOM_BYTES),
-            ("grpc.max_receive_message_length", _RESPONSE_HEADROOM_BYTES),
+            ("grpc.max_send_message_length", max_bytes_per_request + RESPONSE_FRAMING_BYTES),
+            ("grpc.max_receive_message_length", RESPONSE_FRAMING_BYTES),
             # Refuse a second server on the same TCP port instead of sharing it silently.
             ("grpc.so_reuseport", 0),
         ],
@@ -217,6 +221,7 @@ def serve(
         api_key_header=api_key_header,
         device_id=device_id,
         delay_s=delay_ms / 1000.0,
+        jitter_s=delay_jitter_ms / 1000.0,
     )
     server.add_generic_rpc_handlers(
         (
@@ -257,7 +262,7 @@ def serve(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info(
         "event=serving address=%s source=%s tls=%s mutual_tls=%s api_key=%s "
-        "max_bytes_per_request=%d delay_ms=%g",
+        "max_bytes_per_request=%d delay_ms=%g delay_jitter_ms=%g",
         bound,
         source.name,
         credentials is not None,
@@ -265,6 +270,7 @@ def serve(
         "required" if api_key else "none",
         max_bytes_per_request,
         delay_ms,
+        delay_jitter_ms,
     )
     return EntropyServer(
         server,
