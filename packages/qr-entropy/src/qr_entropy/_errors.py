@@ -9,6 +9,7 @@ __all__ = [
     "EntropyUnavailableError",
     "HealthTestFailure",
     "QREntropyError",
+    "SourceCheckError",
     "SourceLoadError",
     "UnknownSourceError",
 ]
@@ -24,6 +25,18 @@ class EntropyUnavailableError(QREntropyError):
     This is the only error that makes `FallbackEntropySource` use its fallback:
     a device that is down, a timeout, a short or long read, a failed health test.
     """
+
+
+class SourceCheckError(EntropyUnavailableError):
+    """A source failed its start-up check (`EntropySource.check`).
+
+    Attributes:
+        problem: The check's short failure kind (``unreachable``, ``unauthenticated``...).
+    """
+
+    def __init__(self, message: str, *, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 class HealthTestFailure(EntropyUnavailableError):  # noqa: N818 -- the name the contract uses

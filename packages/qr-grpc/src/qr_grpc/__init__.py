@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
+from qr_grpc import entropy_service_pb2, entropy_service_pb2_grpc
 from qr_grpc._address import GrpcAddress, parse_address
 from qr_grpc._breaker import CircuitBreaker, CircuitState
 from qr_grpc._errors import (
@@ -19,8 +20,8 @@ from qr_grpc._errors import (
     GrpcEntropyUnavailableError,
     QRGrpcError,
 )
-from qr_grpc._proto import entropy_service_pb2, entropy_service_pb2_grpc
 from qr_grpc._settings import (
+    DEFAULT_MAX_BYTES_PER_REQUEST,
     DEFAULT_METHOD_PATH,
     DEFAULT_STREAM_METHOD_PATH,
     GrpcMode,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __version__ = _version("qr-grpc")
 
 __all__ = [
+    "DEFAULT_MAX_BYTES_PER_REQUEST",
     "DEFAULT_METHOD_PATH",
     "DEFAULT_STREAM_METHOD_PATH",
     "CircuitBreaker",
