@@ -43,6 +43,9 @@ LogLevel = Literal["none", "summary", "full"]
 #: Longest accepted ``qr_session`` / ``qr_label``: they are copied into every record.
 MAX_TAG_LENGTH = 256
 
+#: Longest rendering of a bad value in an error message: a 400 body never echoes a large input.
+MAX_SHOWN_VALUE = 80
+
 #: Most bytes one token may ask for (1 MiB): far above any useful amplification,
 #: low enough that one request cannot make every step of the engine fetch gigabytes.
 MAX_SAMPLE_COUNT = 1024 * 1024
@@ -60,7 +63,10 @@ class QRSamplerConfig(EntropySettings):
 
     # --- sampling (per-request overridable) ---------------------------------
     signal_amplifier_type: str = Field(
-        default="zscore_mean", min_length=1, description="Amplifier name in qr_core's registry."
+        default="zscore_mean",
+        min_length=1,
+        max_length=MAX_TAG_LENGTH,
+        description="Amplifier name in qr_core's registry.",
     )
     sample_count: int = Field(
         default=20480, ge=1, le=MAX_SAMPLE_COUNT, description="Entropy bytes fetched per token."
@@ -81,7 +87,10 @@ class QRSamplerConfig(EntropySettings):
         description="u is clamped to [epsilon, 1 - epsilon].",
     )
     temperature_strategy: str = Field(
-        default="fixed", min_length=1, description="Temperature strategy name: fixed or edt."
+        default="fixed",
+        min_length=1,
+        max_length=MAX_TAG_LENGTH,
+        description="Temperature strategy name: fixed or edt.",
     )
     fixed_temperature: float = Field(
         default=0.7, ge=0.0, le=100.0, description="Temperature of the fixed strategy (0: greedy)."
@@ -133,6 +142,18 @@ class QRSamplerConfig(EntropySettings):
     )
     diagnostic_max_records: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
+    )
+    failure_stop_token_id: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "A token the model never needs (a reserved special token): admission adds it to "
+            "every qr-sampled request's stop_token_ids, the sampler never chooses it, and a "
+            "request the plugin must fail is ended with it, so that the response says "
+            "finish_reason=stop with stop_reason equal to this id. Unset: a failed request "
+            "is ended with its own stop token, and in fallback mode 'error' a request with "
+            "ignore_eos and no stop_token_ids is refused at admission."
+        ),
     )
 
     @model_validator(mode="after")
@@ -188,12 +209,23 @@ INFRASTRUCTURE_FIELDS: frozenset[str] = frozenset(
         "grpc_stream_method_path",
         "grpc_api_key",
         "grpc_api_key_header",
+        "grpc_tls",
+        "grpc_tls_ca_file",
+        "grpc_tls_cert_file",
+        "grpc_tls_key_file",
+        "grpc_tls_server_name",
+        "grpc_max_bytes_per_request",
         "cb_window_size",
-        "cb_min_timeout_ms",
-        "cb_timeout_multiplier",
         "cb_recovery_window_s",
         "cb_max_consecutive_failures",
     }
+)
+
+# Per-request fields that hold a number (int or float): a JSON boolean is refused for them.
+_NUMBER_FIELDS: frozenset[str] = frozenset(
+    name
+    for name in PER_REQUEST_FIELDS
+    if QRSamplerConfig.model_fields[name].annotation in (int, float)
 )
 
 # Fields that do not change how a token is chosen; left out of the hash so that
@@ -239,7 +271,8 @@ def request_overrides(extra_args: Mapping[str, Any] | None) -> dict[str, Any]:
         else:
             allowed = ", ".join(sorted(EXTRA_ARGS_PREFIX + name for name in PER_REQUEST_FIELDS))
             raise ConfigValidationError(
-                f"unknown extra_args key {key!r} (value {value!r}); allowed qr_ keys: {allowed}"
+                f"unknown extra_args key {shown(key)} (value {shown(value)}); "
+                f"allowed qr_ keys: {allowed}"
             )
     return overrides
 
@@ -269,8 +302,15 @@ def resolve_config(
         # string for a bool; a list or dict is never a valid setting.
         if isinstance(value, list | dict | tuple):
             raise ConfigValidationError(
-                f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={value!r} is not allowed: "
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={shown(value)} is not allowed: "
                 "expected a single value, not a collection"
+            )
+        # JSON true/false is a bool, and a bool is an int in Python: pydantic would take
+        # qr_sample_count=true as 1 byte. A number field wants a JSON number.
+        if isinstance(value, bool) and field in _NUMBER_FIELDS:
+            raise ConfigValidationError(
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={value!r} is not allowed: "
+                f"expected a number, not a boolean"
             )
     merged = defaults.model_dump()
     merged.update(overrides)
@@ -288,14 +328,22 @@ def _describe(exc: ValidationError, overrides: Mapping[str, Any]) -> str:
         field = str(loc[0]) if loc else ""
         if field in overrides:
             problems.append(
-                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={overrides[field]!r} is not "
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={shown(overrides[field])} is not "
                 f"allowed: {error['msg']}"
             )
         else:
             # A cross-field rule (edt range, sample_count vs max_request_bytes).
-            given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={v!r}" for k, v in overrides.items())
+            given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={shown(v)}" for k, v in overrides.items())
             problems.append(f"extra_args {given} are not allowed together: {error['msg']}")
     return "; ".join(problems)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to `MAX_SHOWN_VALUE` characters for error messages."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN_VALUE:
+        return text
+    return f"{text[: MAX_SHOWN_VALUE - 3]}... ({len(text)} characters)"
 
 
 def config_hash(config: QRSamplerConfig) -> str:

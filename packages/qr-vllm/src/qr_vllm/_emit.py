@@ -17,7 +17,13 @@ from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import RowSet
 from qr_vllm._records import RecordStatus, StepRecords
 
-__all__ = ["RecordEmitter"]
+__all__ = ["LEFT_TO_VLLM", "RecordEmitter"]
+
+#: Appended to the error of a failed row that had no stop token to be ended with.
+LEFT_TO_VLLM = (
+    "; the request has no stop token, so vLLM's own sampler chose this token (not the "
+    "configured entropy)"
+)
 
 
 class RecordEmitter:
@@ -43,8 +49,21 @@ class RecordEmitter:
         self._emit(rows, values, values[:, 0].astype(np.int64), prov, latency_ns=latency_ns)
 
     def failed(self, rows: RowSet, error: str) -> None:
-        """Records of failed rows: each with its request's stop token (-1: none)."""
-        self._emit(rows, None, stop_tokens(rows.states), None, status="failed", error=error)
+        """Records of failed rows: each with the stop token forced to end its request.
+
+        A row whose request has no stop token was left to vLLM's own sampler: its
+        record says so in ``error`` and has ``token_id`` null (the plugin does not
+        learn which token vLLM chose).
+        """
+        tokens = stop_tokens(rows.states)
+        if bool((tokens >= 0).all()):
+            self._emit(rows, None, tokens, None, status="failed", error=error)
+            return
+        for keep, why in ((tokens >= 0, error), (tokens < 0, error + LEFT_TO_VLLM)):
+            if keep.any():
+                self._emit(
+                    _subset(rows, keep), None, tokens[keep], None, status="failed", error=why
+                )
 
     def _emit(
         self,
@@ -53,9 +72,9 @@ class RecordEmitter:
         token_ids: np.ndarray,
         prov: Provenance | None,
         *,
-        latency_ns: int = 0,
         status: RecordStatus = "ok",
         error: str = "",
+        latency_ns: int = 0,
     ) -> None:
         if not self.enabled:
             return
@@ -89,3 +108,8 @@ class RecordEmitter:
                 timestamp_ns=now,
             )
         )
+
+
+def _subset(rows: RowSet, keep: np.ndarray) -> RowSet:
+    idx = np.flatnonzero(keep)
+    return RowSet(rows.rows[idx], tuple(rows.states[i] for i in idx), rows.slot_ids[idx])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigValidationError", "QRVllmError", "UnsupportedVllmError"]
+__all__ = ["ConfigValidationError", "QRVllmError", "RecordsPathError", "UnsupportedVllmError"]
 
 
 class QRVllmError(Exception):
@@ -20,3 +20,10 @@ class ConfigValidationError(QRVllmError, ValueError):
 
 class UnsupportedVllmError(QRVllmError, RuntimeError):
     """The installed vLLM is outside the range this release supports (`SUPPORTED_VLLM`)."""
+
+
+class RecordsPathError(QRVllmError, RuntimeError):
+    """``QR_RECORDS_PATH`` cannot be written: the processor (and so the engine) does not start.
+
+    The message names the path and the reason (a directory, read-only, no parent).
+    """

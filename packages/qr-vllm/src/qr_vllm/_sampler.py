@@ -80,6 +80,8 @@ class BatchSampler:
         self.slots = SlotTable()
         self.selector = TokenSelector()
         self.failed_requests = 0
+        #: ``QR_FAILURE_STOP_TOKEN_ID``: never chosen for a sampled row (it ends failed ones).
+        self.reserved_token: int | None = None
         self._records = RecordEmitter(sampling_logger, runner, source, enabled=not self.follower)
         self._fetcher = Fetcher(source)
         self._buffers = StepBuffers(device, pin_memory)
@@ -203,6 +205,10 @@ class BatchSampler:
         sub = self._buffers.gather(logits, dev)
         if dev.penalties is not None:
             dev.penalties.apply(sub)
+        if self.reserved_token is not None:
+            # The failure token means "the plugin failed this request" in the response;
+            # see ARCHITECTURE.md, design note "Visible failure".
+            sub[:, self.reserved_token] = float("-inf")
         return sub
 
     def _temperature(self, sub: torch.Tensor, dev: DevicePlan) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,9 +31,12 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2LogitsProcessor
 
+from qr_vllm._admission import admit, failure_token_for, stop_token
 from qr_vllm._compat import check_vllm_version
 from qr_vllm._config import QRSamplerConfig
+from qr_vllm._errors import ConfigValidationError
 from qr_vllm._logger import SamplingLogger
+from qr_vllm._logging import attach_to_vllm_logging
 from qr_vllm._records import RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
 from qr_vllm._sampler import BatchSampler
@@ -73,6 +76,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         source: EntropySource | None = None,
     ) -> None:
         check_vllm_version()
+        attach_to_vllm_logging()
         if isinstance(device_or_req_states, torch.device):
             runner, device = "v1", device_or_req_states
             pin = bool(is_pin_memory)
@@ -81,6 +85,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             pin = device.type == "cuda"
         self.config = config if config is not None else QRSamplerConfig()
         self.runner = runner
+        _check_failure_token(self.config, vllm_config)
         self._resolver = RequestResolver(self.config)
         tp_group = _tensor_parallel_group()
         # Under tensor parallelism only rank 0 draws entropy and writes records; the
@@ -90,15 +95,23 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self._source: EntropySource = _LeaderDrawsSource()
         else:
             self._source = source if source is not None else build_entropy_source(self.config)
-        self.sampling_logger = SamplingLogger(
-            "none" if follower else self.config.log_level,
-            None if follower else self.config.records_path,
-            self.config.records_queue_steps,
-            self.config.diagnostic_max_records,
-        )
+        try:
+            if not follower:
+                check_source(self._source, self.config.fallback_mode)
+            # Opens the records file: a path that cannot be written stops the start here.
+            self.sampling_logger = SamplingLogger(
+                "none" if follower else self.config.log_level,
+                None if follower else self.config.records_path,
+                self.config.records_queue_steps,
+                self.config.diagnostic_max_records,
+            )
+        except BaseException:
+            self._source.close()
+            raise
         self._sampler = BatchSampler(
             self._source, self.sampling_logger, device, pin, runner, tp_group=tp_group
         )
+        self._sampler.reserved_token = self.config.failure_stop_token_id
         self._serials = itertools.count(1)
         self._finalizer = weakref.finalize(
             self,
@@ -133,14 +146,20 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         """Refuse a request whose ``qr_*`` arguments are bad (HTTP 400, engine untouched).
 
+        Also makes sure that a request the plugin may have to fail can be ended
+        (see `qr_vllm._admission.admit`): it adds ``QR_FAILURE_STOP_TOKEN_ID`` to
+        the request's ``stop_token_ids`` when that is set.
+
         Raises:
             ConfigValidationError: A ValueError naming the key, the value and what is allowed.
         """
         resolver = cls._admission_resolver
         if resolver is None:
+            attach_to_vllm_logging()
             resolver = RequestResolver(QRSamplerConfig())
             cls._admission_resolver = resolver
-        resolver.resolve(sampling_params.extra_args)
+        resolved = resolver.resolve(sampling_params.extra_args)
+        admit(sampling_params, resolved.config)
 
     # --- runner V1 -------------------------------------------------------------
 
@@ -249,7 +268,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         state = SlotState(
             request=resolved,
             info=_request_info(serial, resolved),
-            stop_token=_stop_token(params),
+            stop_token=stop_token(params, failure_token_for(config, params)),
             prompt_ids=prompt_ids,
             output_ids=output_ids,
             penalties=_penalties(params) if self.runner == "v1" else None,
@@ -258,6 +277,55 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         if failure:
             self._sampler.failed_requests += 1
         return state
+
+
+def check_source(source: EntropySource, fallback_mode: str) -> None:
+    """Check the source once at start (see ARCHITECTURE.md, design note "Start-up checks").
+
+    A failed check is logged at ERROR, once, with the source's own explanation. With
+    ``QR_FALLBACK_MODE=error`` it also stops the start (`SourceCheckError`): every
+    token would fail. With a fallback, the engine serves from the fallback, every
+    such token flagged in its record, and the primary is retried per fetch.
+
+    Raises:
+        SourceCheckError: The check failed and ``fallback_mode`` is ``error``.
+    """
+    result = source.check()
+    if result.ok:
+        logger.info("entropy source %s checked at start: %s", result.source, result.detail)
+        return
+    if fallback_mode == "error":
+        logger.error(
+            "entropy source %s failed its start-up check (%s): %s; QR_FALLBACK_MODE=error, "
+            "so the engine does not start",
+            result.source,
+            result.problem,
+            result.detail,
+        )
+        result.raise_for_failure()
+    logger.error(
+        "entropy source %s failed its start-up check (%s): %s; serving from the fallback "
+        "source (QR_FALLBACK_MODE=%s), every such token flagged is_fallback in its record",
+        result.source,
+        result.problem,
+        result.detail,
+        fallback_mode,
+    )
+
+
+def _check_failure_token(config: QRSamplerConfig, vllm_config: Any) -> None:
+    token = config.failure_stop_token_id
+    if token is None:
+        return
+    model_config = getattr(vllm_config, "model_config", None)
+    if model_config is None:
+        return  # built outside an engine (tools, tests): nothing to check against
+    vocab = int(model_config.get_vocab_size())
+    if token >= vocab:
+        raise ConfigValidationError(
+            f"QR_FAILURE_STOP_TOKEN_ID={token} is not a token of this model: the "
+            f"vocabulary has ids 0..{vocab - 1}"
+        )
 
 
 def _tensor_parallel_group() -> Any | None:
@@ -299,16 +367,6 @@ def _request_info(serial: int, resolved: ResolvedRequest) -> RequestInfo:
         log_full=config.log_level == "full",
         diagnostic=config.diagnostic_mode,
     )
-
-
-def _stop_token(params: SamplingParams) -> int:
-    """The token that ends the request when it fails (-1: none known)."""
-    eos = params.eos_token_id
-    if eos is not None and not params.ignore_eos:
-        return int(eos)
-    if params.stop_token_ids:
-        return int(params.stop_token_ids[0])
-    return int(eos) if eos is not None else -1
 
 
 def _penalties(params: SamplingParams) -> tuple[float, float, float] | None:
