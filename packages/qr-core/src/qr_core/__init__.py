@@ -35,6 +35,12 @@ from qr_core.amplification import (
     SignalAmplifier,
     ZScoreMeanAmplifier,
 )
+from qr_core.randomized_pit import (
+    DEFAULT_AMPLIFIER,
+    PIT_EDGE,
+    V_BYTES,
+    RandomizedPITAmplifier,
+)
 from qr_core.temperature import (
     BatchTemperatureResult,
     EDTTemperatureStrategy,
@@ -48,10 +54,13 @@ from qr_core.temperature import (
 __version__ = _version("qr-core")
 
 __all__ = [
+    "DEFAULT_AMPLIFIER",
     "DEFAULT_HEAD_SIZE",
     "DEFAULT_UNIFORM_CLAMP_EPSILON",
     "POPULATION_MEAN",
+    "PIT_EDGE",
     "POPULATION_STD",
+    "V_BYTES",
     "AmplificationResult",
     "AmplifierRegistry",
     "BatchAmplificationResult",
@@ -61,6 +70,7 @@ __all__ = [
     "FixedTemperatureStrategy",
     "PreparedSelection",
     "QRCoreError",
+    "RandomizedPITAmplifier",
     "SelectionResult",
     "SignalAmplificationError",
     "SignalAmplifier",
