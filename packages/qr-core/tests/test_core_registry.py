@@ -37,7 +37,9 @@ def plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[EntryPoint]]:
 
 def test_installed_entry_points_of_qr_core_are_found() -> None:
     AmplifierRegistry.clear_cache()
-    assert {"randomized_pit", "zscore_mean"} <= set(AmplifierRegistry._scan())  # qr-core's pyproject
+    assert {"randomized_pit", "zscore_mean"} <= set(
+        AmplifierRegistry._scan()
+    )  # qr-core's pyproject
     assert TemperatureStrategyRegistry.available() == ["edt", "fixed"]
 
 
@@ -66,7 +68,8 @@ def test_duplicate_entry_point_names_keep_the_first(
 def test_unknown_name_lists_what_is_available(plugins: list[EntryPoint]) -> None:
     plugins.append(EntryPoint("half", "_qr_core_plugin:HalfAmplifier", GROUP))
     with pytest.raises(
-        UnknownComponentError, match=r"'nope' not found.*Available: half, randomized_pit, zscore_mean"
+        UnknownComponentError,
+        match=r"'nope' not found.*Available: half, randomized_pit, zscore_mean",
     ):
         AmplifierRegistry.get("nope")
     with pytest.raises(LookupError):

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import qr_core._head as head_module
 import qr_core._selection as selection_module
 from _qr_core_cases import (
     TIE_AT_TOP_K_BOUNDARY,
@@ -154,18 +155,20 @@ class TestHeadAndFullSortAgree:
 
     def _run(self, head_size: int, logits: np.ndarray, **params: object) -> tuple[object, int]:
         calls = 0
-        original = selection_module._filter_rows
+        original = head_module.filter_rows
 
         def counting(*args: object, **kwargs: object) -> object:
             nonlocal calls
             calls += 1
             return original(*args, **kwargs)  # type: ignore[arg-type]
 
-        selection_module._filter_rows = counting  # type: ignore[assignment]
+        selection_module.filter_rows = counting  # type: ignore[assignment]
+        head_module.filter_rows = counting  # type: ignore[assignment]
         try:
             result = TokenSelector(head_size=head_size).select_batch(logits, **params)  # type: ignore[arg-type]
         finally:
-            selection_module._filter_rows = original
+            selection_module.filter_rows = original
+            head_module.filter_rows = original
         return result, calls
 
     def test_forced_paths_agree(self) -> None:

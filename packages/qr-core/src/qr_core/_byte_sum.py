@@ -129,7 +129,8 @@ def _fourier(n: int) -> ByteSumCDF:
     magnitude = np.exp(log_abs)
     negative = (ratio < 0) & (n % 2 == 1)
     magnitude = np.where(negative, -magnitude, magnitude)
-    # Phase of the shift to the window: w * (lo - 127.5 n) = pi * ((2 lo - 255 n) k mod 2 size) / size.
+    # Phase of the shift to the window, reduced exactly in integers:
+    # w (lo - 127.5 n) = pi ((2 lo - 255 n) k mod 2 size) / size.
     turns = ((2 * lo - mean2) * k) % two_n
     phase = np.pi * turns.astype(np.float64) / size
     spectrum = magnitude * np.exp(1j * phase)

@@ -199,7 +199,8 @@ def row_sums(block: np.ndarray) -> np.ndarray:
     # A float accumulator would round for large n. A 32-bit accumulator holds any row
     # of up to 16,843,009 bytes and sums twice as fast as a 64-bit one.
     acc = np.uint32 if block.shape[1] <= _UINT32_SUM_MAX_BYTES else np.uint64
-    return block.sum(axis=1, dtype=acc)
+    sums: np.ndarray = block.sum(axis=1, dtype=acc)
+    return sums
 
 
 @AmplifierRegistry.register("zscore_mean")
@@ -264,7 +265,7 @@ class ZScoreMeanAmplifier(SignalAmplifier):
         means = sums.astype(np.float64) / n
         z = (means - self.population_mean) / (self.population_std / math.sqrt(n))
         # Φ(z) = erfc(−z / √2) / 2 keeps full relative precision in the lower tail.
-        u = 0.5 * _erfc(-z / math.sqrt(2.0)).astype(np.float64)
+        u = 0.5 * np.asarray(_erfc(-z / math.sqrt(2.0)), dtype=np.float64)
         eps = self.uniform_clamp_epsilon
         return np.clip(u, eps, 1.0 - eps), z, means
 

@@ -100,7 +100,8 @@ class RandomizedPITAmplifier(SignalAmplifier):
         """V in (0, 1) from each row's 7 V bytes: ``(top 53 bits + 1/2) / 2**53``."""
         bits56 = (v_block.astype(np.uint64) * _V_WEIGHTS).sum(axis=1, dtype=np.uint64)
         k = bits56 >> np.uint64(8 * V_BYTES - _V_BITS)
-        return (k.astype(np.float64) + 0.5) * 2.0**-_V_BITS
+        v: np.ndarray = (k.astype(np.float64) + 0.5) * 2.0**-_V_BITS
+        return v
 
     @staticmethod
     def u_of_sums(sums: np.ndarray, n: int, v: np.ndarray) -> np.ndarray:
