@@ -35,6 +35,7 @@ from qr_core.amplification import (
     SignalAmplifier,
     ZScoreMeanAmplifier,
 )
+from qr_core.fidelity import FidelityResult, sampling_fidelity
 from qr_core.randomized_pit import (
     DEFAULT_AMPLIFIER,
     PIT_EDGE,
@@ -67,6 +68,7 @@ __all__ = [
     "BatchSelectionResult",
     "BatchTemperatureResult",
     "EDTTemperatureStrategy",
+    "FidelityResult",
     "FixedTemperatureStrategy",
     "PreparedSelection",
     "QRCoreError",
@@ -84,4 +86,5 @@ __all__ = [
     "ZScoreMeanAmplifier",
     "__version__",
     "compute_shannon_entropy",
+    "sampling_fidelity",
 ]

@@ -74,39 +74,8 @@ def apply_filters(
     # Unnormalised probabilities relative to the row's most probable token (z = 1 there).
     z = xp.where(valid, xp.exp((head - top) / temp[:, None]), 0.0)
 
-    k = params.top_k
-    k_on = k > 0
-    k_known = k_on & ((k <= valid_len) | tail_empty)
-    zk = xp.where(~k_on[:, None] | (pos < k[:, None]), z, 0.0)
-    cum = xp.cumsum(zk)
-    needs_tail = ~k_on & ~tail_empty
-    mass = cum[:, -1] + xp.where(
-        needs_tail,
-        _tail_mass(
-            xp,
-            x,
-            top=head[:, 0],
-            temp=temp,
-            ids=ids,
-            valid=valid,
-            needed=needs_tail & ~greedy,
-        ),
-        0.0,
-    )
-
-    top_p = params.top_p
-    p_on = top_p < 1
-    cum_p = cum / mass[:, None]
-    before = xp.concat([xp.full((rows, 1), 0.0, xp.compute_dtype), cum_p[:, :-1]])
-    n_p = xp.count(valid & (before < top_p[:, None]))
-    last = _at(xp, cum_p, valid_len - 1)
-    # ``mass`` is the whole kept mass without top-k (it includes the tail's) and with a
-    # known top-k; with top-k members hidden beyond the exact prefix (a tie at the head's
-    # boundary), it is too small, top-p's cut may fall anywhere, and the row must go round
-    # with a wider head whatever the other filters say ("blind").
-    blind = p_on & k_on & ~k_known
-    p_known = p_on & (k_known | tail_empty | (~k_on & (valid_len > 0) & (last >= top_p)))
-
+    # Min-p (vLLM applies it first, on the whole distribution at temperature T): the
+    # tokens with probability >= min_p times the largest, i.e. z >= min_p.
     min_p = params.min_p
     m_on = min_p > 0
     n_m = xp.count(valid & (z >= min_p[:, None]))
@@ -115,15 +84,48 @@ def apply_filters(
     else:
         z_boundary = xp.exp((xp.to_compute(boundary) - head[:, 0]) / temp)
         beyond_kept = z_boundary >= min_p
-    m_known = m_on & (k_known | tail_empty | (n_m < valid_len) | ~beyond_kept)
+    m_known = m_on & (tail_empty | (n_m < valid_len) | ~beyond_kept)
+
+    # Top-k: every token whose logit is at least the k-th largest, so ties at the k-th
+    # value are all kept. Those ties are all in the exact prefix when k is.
+    k = params.top_k
+    k_on = k > 0
+    k_inside = k <= valid_len
+    k_known = k_on & (k_inside | tail_empty)
+    kth = _at(xp, head, k - 1)
+    n_k = xp.where(k_inside, xp.count(valid & (head >= kth[:, None])), valid_len)
 
     def cut_at(known: Any, length: Any) -> Any:
         return xp.where(known, length, _NO_CUT)
 
-    n_known = xp.minimum(
-        xp.minimum(cut_at(k_known, k), cut_at(p_known, n_p)),
-        xp.minimum(cut_at(m_known, n_m), cut_at(tail_empty, valid_len)),
+    # The prefix min-p and top-k keep. A known cut lies inside the exact prefix and an
+    # unknown one beyond it, so the smallest known cut is the prefix's length.
+    n_mk = xp.minimum(
+        xp.minimum(cut_at(k_known, n_k), cut_at(m_known, n_m)), cut_at(tail_empty, valid_len)
     )
+    mk_known = n_mk < _NO_CUT
+    cum = xp.cumsum(z)
+    needs_tail = ~k_on & ~m_on & ~tail_empty
+    tail = _tail_mass(
+        xp, x, top=head[:, 0], temp=temp, ids=ids, valid=valid, needed=needs_tail & ~greedy
+    )
+    mass = xp.where(mk_known, _at(xp, cum, n_mk - 1), cum[:, -1] + xp.where(needs_tail, tail, 0.0))
+
+    # Top-p on what min-p and top-k kept, renormalised: keep a token while the mass
+    # before it is below p (vLLM drops a token once the mass after it, its own
+    # included, is at most 1 - p: the same rule).
+    top_p = params.top_p
+    p_on = top_p < 1
+    cum_p = cum / mass[:, None]
+    before = xp.concat([xp.full((rows, 1), 0.0, xp.compute_dtype), cum_p[:, :-1]])
+    n_p = xp.count(valid & (before < top_p[:, None]))
+    last = _at(xp, cum_p, valid_len - 1)
+    # With min-p or top-k on but their cut beyond the exact prefix, the mass top-p needs
+    # is unknown: the row goes round with a wider head ("blind").
+    blind = p_on & ~mk_known & (k_on | m_on)
+    p_known = p_on & (mk_known | (~k_on & ~m_on & (valid_len > 0) & (last >= top_p)))
+
+    n_known = xp.minimum(n_mk, cut_at(p_known, n_p))
     unknown = (k_on & ~k_known) | (p_on & ~p_known) | (m_on & ~m_known)
     cut = n_known < _NO_CUT
     kept = xp.maximum(xp.where(cut, n_known, valid_len), xp.full((rows,), 1, np.int64))
