@@ -84,12 +84,13 @@ class BatchSelectionResult:
 class TokenSelector:
     """Chooses tokens from logits with a uniform value u per row, through the filtered CDF.
 
-    Order of operations per row: top-k, softmax(logits / T), top-p, min-p,
-    renormalise, then the first token (in the canonical order: probability
-    descending, ties to the lower token id) whose cumulative mass exceeds u.
-    ``u -> 0`` picks the most probable token. ``T <= 0`` is greedy.
-    ``top_k`` of 0 or -1, ``top_p == 1`` and ``min_p == 0`` disable their filter.
-    Top-k keeps exactly k tokens (ties at the boundary to the lower ids).
+    Order of operations per row, vLLM's: softmax(logits / T), min-p, top-k,
+    top-p on what is left, renormalise, then the first token (in the canonical
+    order: probability descending, ties to the lower token id) whose cumulative
+    mass exceeds u. ``u -> 0`` picks the most probable token. ``T <= 0`` is
+    greedy. ``top_k`` of 0 or -1, ``top_p == 1`` and ``min_p == 0`` disable their
+    filter. Top-k keeps every token whose logit is at least the k-th largest
+    (ties at the k-th value all kept, as vLLM does).
 
     A selector keeps scratch buffers between calls (one full-vocabulary buffer
     per device), so use one instance per thread.
@@ -125,8 +126,9 @@ class TokenSelector:
         Args:
             logits: Shape ``(vocab,)``, floating dtype; ``-inf`` marks banned tokens.
             temperature: Softmax temperature; ``<= 0`` selects greedily.
-            top_k: Keep the k most probable tokens; 0 or -1 disables.
-            top_p: Keep the smallest prefix whose mass reaches p, in (0, 1]; 1 disables.
+            top_k: Keep the k most probable tokens and any tied with the k-th; 0 or -1 disables.
+            top_p: Keep the smallest prefix of what min-p and top-k left whose mass
+                reaches p, in (0, 1]; 1 disables.
             u: The uniform value in (0, 1) that drives the choice.
             min_p: Keep tokens with probability >= min_p * max probability, in [0, 1); 0 disables.
 
