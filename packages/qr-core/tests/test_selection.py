@@ -9,6 +9,7 @@ import pytest
 import qr_core._head as head_module
 import qr_core._selection as selection_module
 from _qr_core_cases import (
+    MIN_P_THEN_TOP_P,
     TIE_AT_TOP_K_BOUNDARY,
     TIE_AT_TOP_K_WITH_MIN_P,
     Problem,
@@ -112,6 +113,7 @@ class TestKnownValues:
 @given(problems())
 @example(TIE_AT_TOP_K_BOUNDARY)
 @example(TIE_AT_TOP_K_WITH_MIN_P)
+@example(MIN_P_THEN_TOP_P)
 def test_batch_matches_the_float64_reference(problem: Problem) -> None:
     result = TokenSelector(head_size=problem.head_size).select_batch(
         problem.logits,
