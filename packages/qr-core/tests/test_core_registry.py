@@ -43,6 +43,7 @@ def test_builtins_are_qr_cores_entry_points() -> None:
     TemperatureStrategyRegistry.refresh()
     assert TemperatureStrategyRegistry.available() == {"edt": "qr-core", "fixed": "qr-core"}
     assert AmplifierRegistry.available()["zscore_mean"] == "qr-core"
+    assert AmplifierRegistry.available()["randomized_pit"] == "qr-core"
     assert AmplifierRegistry.get("zscore_mean") is ZScoreMeanAmplifier
     assert TemperatureStrategyRegistry.get("edt") is EDTTemperatureStrategy
     assert (ZScoreMeanAmplifier.name, FixedTemperatureStrategy.name) == ("zscore_mean", "fixed")
@@ -57,7 +58,7 @@ def test_plugin_from_an_entry_point_is_listed_loaded_named_and_built(
     plugins: list[EntryPoint],
 ) -> None:
     plugins.append(EntryPoint("half", "_qr_core_plugin:HalfAmplifier", GROUP))
-    assert list(AmplifierRegistry.available()) == ["half", "zscore_mean"]
+    assert list(AmplifierRegistry.available()) == ["half", "randomized_pit", "zscore_mean"]
     amp = AmplifierRegistry.build("half", level=0.25, population_std=1.0)
     assert amp.amplify(b"\x01\x02").u == 0.25
     assert AmplifierRegistry.get("half") is type(amp)  # loaded once, cached

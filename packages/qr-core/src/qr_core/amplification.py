@@ -27,6 +27,8 @@ __all__ = [
     "BatchAmplificationResult",
     "SignalAmplifier",
     "ZScoreMeanAmplifier",
+    "check_block",
+    "row_sums",
 ]
 
 #: Mean of a byte drawn uniformly from 0..255.
@@ -51,14 +53,20 @@ class AmplificationResult:
     Attributes:
         u: The uniform value in [ε, 1 − ε].
         z_score: The sample mean's z-score under the null hypothesis.
-        sample_mean: Mean of the bytes.
-        sample_count: How many bytes were actually used.
+        sample_mean: Mean of the S bytes.
+        sample_count: How many bytes went into S (the z-score's n).
+        amplifier: The amplifier's registry name.
+        s_bytes: Bytes summed into S (equal to ``sample_count``).
+        v_bytes: Further bytes of the same row spent on the uniform V (0 for ``zscore_mean``).
     """
 
     u: float
     z_score: float
     sample_mean: float
     sample_count: int
+    amplifier: str = ""
+    s_bytes: int = 0
+    v_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +76,20 @@ class BatchAmplificationResult:
     Attributes:
         u: Uniform values in [ε, 1 − ε].
         z_score: z-scores of the row means.
-        sample_mean: Row means.
-        sample_count: Bytes per row.
+        sample_mean: Row means of the S bytes.
+        sample_count: Bytes per row that went into S (the z-score's n).
+        amplifier: The amplifier's registry name.
+        s_bytes: Bytes per row summed into S (equal to ``sample_count``).
+        v_bytes: Further bytes per row spent on the uniform V (0 for ``zscore_mean``).
     """
 
     u: npt.NDArray[np.float64]
     z_score: npt.NDArray[np.float64]
     sample_mean: npt.NDArray[np.float64]
     sample_count: int
+    amplifier: str = ""
+    s_bytes: int = 0
+    v_bytes: int = 0
 
 
 class SignalAmplifier(ABC):
@@ -87,6 +101,19 @@ class SignalAmplifier(ABC):
 
     #: The name the class is selected by (its entry-point name).
     name: ClassVar[str] = ""
+    #: Bytes each row spends beyond the ``sample_count`` bytes summed into S.
+    v_bytes: ClassVar[int] = 0
+
+    def row_bytes(self, sample_count: int) -> int:
+        """How many bytes a row must hold for ``sample_count`` bytes to go into S.
+
+        Args:
+            sample_count: Bytes wanted in S (the z-score's n), >= 1.
+
+        Returns:
+            ``sample_count + v_bytes``: the width of the block to fetch.
+        """
+        return sample_count + self.v_bytes
 
     def amplify(
         self, raw_bytes: bytes | bytearray | memoryview | np.ndarray
@@ -122,6 +149,9 @@ class SignalAmplifier(ABC):
             z_score=float(batch.z_score[0]),
             sample_mean=float(batch.sample_mean[0]),
             sample_count=batch.sample_count,
+            amplifier=batch.amplifier,
+            s_bytes=batch.s_bytes,
+            v_bytes=batch.v_bytes,
         )
 
     @abstractmethod
@@ -147,7 +177,12 @@ class AmplifierRegistry(ComponentRegistry[SignalAmplifier]):
     base = SignalAmplifier
 
 
-def _check_block(block: object) -> np.ndarray:
+def check_block(block: object) -> np.ndarray:
+    """Check that ``block`` is a non-empty 2-D uint8 array; return it.
+
+    Raises:
+        SignalAmplificationError: Another type, dtype or shape.
+    """
     if not isinstance(block, np.ndarray):
         msg = f"block must be a numpy uint8 array of shape (rows, n); got {type(block).__name__}"
         raise SignalAmplificationError(msg)
@@ -158,6 +193,15 @@ def _check_block(block: object) -> np.ndarray:
         msg = f"block must have shape (rows, n) with rows >= 1 and n >= 1; got {block.shape}"
         raise SignalAmplificationError(msg)
     return block
+
+
+def row_sums(block: np.ndarray) -> np.ndarray:
+    """Exact integer sum of each row of a uint8 block (uint32, or uint64 for very long rows)."""
+    # A float accumulator would round for large n. A 32-bit accumulator holds any row
+    # of up to 16,843,009 bytes and sums twice as fast as a 64-bit one.
+    acc = np.uint32 if block.shape[1] <= _UINT32_SUM_MAX_BYTES else np.uint64
+    sums: np.ndarray = block.sum(axis=1, dtype=acc)
+    return sums
 
 
 class ZScoreMeanAmplifier(SignalAmplifier):
@@ -203,18 +247,29 @@ class ZScoreMeanAmplifier(SignalAmplifier):
 
     def amplify_batch(self, block: np.ndarray) -> BatchAmplificationResult:
         """Amplify each row of a ``(rows, n)`` uint8 block (see the class docstring)."""
-        block = _check_block(block)
+        block = check_block(block)
         n = block.shape[1]
-        # Integer sums are exact; a float accumulator would round for large n. A 32-bit
-        # accumulator holds any row of up to 16,843,009 bytes and sums twice as fast.
-        acc = np.uint32 if n <= _UINT32_SUM_MAX_BYTES else np.uint64
-        means = block.sum(axis=1, dtype=acc).astype(np.float64) / n
+        u, z, means = self.u_of_sums(row_sums(block), n)
+        return BatchAmplificationResult(
+            u=u,
+            z_score=z,
+            sample_mean=means,
+            sample_count=n,
+            amplifier=self.name,
+            s_bytes=n,
+            v_bytes=0,
+        )
+
+    def u_of_sums(
+        self, sums: np.ndarray, n: int
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``(u, z, mean)`` for integer byte sums of rows of n bytes."""
+        means = sums.astype(np.float64) / n
         z = (means - self.population_mean) / (self.population_std / math.sqrt(n))
         # Φ(z) = erfc(−z / √2) / 2 keeps full relative precision in the lower tail.
-        u = 0.5 * _erfc(-z / math.sqrt(2.0)).astype(np.float64)
+        u = 0.5 * np.asarray(_erfc(-z / math.sqrt(2.0)), dtype=np.float64)
         eps = self.uniform_clamp_epsilon
-        u = np.clip(u, eps, 1.0 - eps)
-        return BatchAmplificationResult(u=u, z_score=z, sample_mean=means, sample_count=n)
+        return np.clip(u, eps, 1.0 - eps), z, means
 
     def __repr__(self) -> str:
         return (
