@@ -13,9 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from qr_vllm._engine import closing_engine, environment, read_records
-from qr_vllm._entropy_server import EntropyServerProcess
-from qr_vllm._tiny_model import build_tiny_model
+from qr_vllm.demo._engine import closing_engine, environment, read_records
+from qr_vllm.demo._entropy_server import EntropyServerProcess
+from qr_vllm.demo._tiny_model import build_tiny_model
 
 __all__ = ["DEFAULT_PROMPTS", "DemoOptions", "run_demo"]
 
