@@ -81,6 +81,32 @@ def test_infrastructure_fields_are_refused_per_request(field: str) -> None:
         resolve_config(QRSamplerConfig(), {f"qr_{field}": "x"})
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        # qr-grpc's settings, including those added after this list was first written;
+        # qr-vllm refuses them by prefix, without knowing qr-grpc's fields.
+        "grpc_server_address",
+        "grpc_tls",
+        "grpc_tls_ca_file",
+        "grpc_tls_cert_file",
+        "grpc_tls_key_file",
+        "grpc_tls_server_name",
+        "grpc_max_message_bytes",
+        "cb_window_size",
+        "cb_max_consecutive_failures",
+        "grpc_setting_of_a_later_version",
+    ],
+)
+def test_transport_settings_are_refused_by_prefix(field: str) -> None:
+    with pytest.raises(ConfigValidationError) as info:
+        resolve_config(QRSamplerConfig(), {f"qr_{field}": "x"})
+    message = str(info.value)
+    assert f"'qr_{field}'" in message
+    assert "infrastructure" in message
+    assert f"environment variable QR_{field.upper()} on the server" in message
+
+
 def test_unknown_key_lists_the_allowed_keys() -> None:
     with pytest.raises(ConfigValidationError) as info:
         resolve_config(QRSamplerConfig(), {"qr_tempurature": 1.0})
