@@ -28,9 +28,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def test_defaults_follow_the_readme_and_errata() -> None:
+def test_defaults_follow_the_readme() -> None:
     config = QRSamplerConfig()
-    assert config.population_std == POPULATION_STD  # ERRATA §1, not 73.612
+    assert config.population_std == POPULATION_STD  # the discrete σ, not 255/√12 = 73.612
     assert config.sample_count == 20480
     assert config.top_k == 50
     assert config.top_p == 0.9

@@ -73,7 +73,7 @@ class QRSamplerConfig(EntropySettings):
         default=POPULATION_STD,
         gt=0.0,
         le=128.0,
-        description="Null-hypothesis standard deviation of a byte (73.9003, ERRATA §1).",
+        description="Null-hypothesis standard deviation of a byte: √((256² − 1)/12) = 73.9003.",
     )
     uniform_clamp_epsilon: float = Field(
         default=DEFAULT_UNIFORM_CLAMP_EPSILON,
