@@ -1,7 +1,8 @@
 """`QRSamplerLogitsProcessor`: the vLLM plugin, for both model runners.
 
 vLLM finds the class through the ``vllm.logits_processors`` entry point
-``qr_sampler``. The one class implements both interfaces (ERRATA §8):
+``qr_sampler``. The one class implements both interfaces (see ARCHITECTURE.md,
+design note "Runner V1 and runner V2"):
 
 * runner V1 (CPU, older GPUs) builds it as ``cls(vllm_config, device,
   is_pin_memory)`` and calls ``update_state(batch_update)`` then ``apply(logits)``;
@@ -149,7 +150,10 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         return False
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        """Apply vLLM's batch changes in its order: removed, added, moved (ERRATA §3)."""
+        """Apply vLLM's batch changes in its order: removed, added, moved.
+
+        See ARCHITECTURE.md, design note "Runner V1 batch updates".
+        """
         if batch_update is None:
             return
         slots = self._sampler.slots
