@@ -38,6 +38,7 @@ from qr_grpc._errors import GrpcConfigError
 from qr_grpc._logfmt import LogFormat, configure_logging
 from qr_grpc._proto import entropy_service_pb2
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
+from qr_grpc._server_metrics import ServerMetrics
 
 __all__ = ["DEFAULT_MAX_BYTES_PER_REQUEST", "SERVICE_NAME", "EntropyServer", "main", "serve"]
 
@@ -250,6 +251,7 @@ def serve(
     delay_ms: float = 0.0,
     max_workers: int = 16,
     close_source: bool = False,
+    metrics: ServerMetrics | None = None,
 ) -> EntropyServer:
     """Start an entropy server in this process and return its handle.
 
@@ -270,6 +272,7 @@ def serve(
             simulate a slow device.
         max_workers: Threads serving calls; each open bidi stream holds one.
         close_source: Close ``source`` when the server stops.
+        metrics: Count and time every request in these Prometheus metrics.
 
     Returns:
         The running server.
@@ -329,18 +332,22 @@ def serve(
         device_id=device_id,
         delay_s=delay_ms / 1000.0,
     )
+    get_entropy: Any = servicer.GetEntropy
+    stream_entropy: Any = servicer.StreamEntropy
+    if metrics is not None:
+        get_entropy, stream_entropy = metrics.instrument(get_entropy, stream_entropy)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
                 SERVICE_NAME,
                 {
                     "GetEntropy": grpc.unary_unary_rpc_method_handler(
-                        servicer.GetEntropy,
+                        get_entropy,
                         request_deserializer=EntropyRequest.FromString,
                         response_serializer=EntropyResponse.SerializeToString,
                     ),
                     "StreamEntropy": grpc.stream_stream_rpc_method_handler(
-                        servicer.StreamEntropy,
+                        stream_entropy,
                         request_deserializer=EntropyRequest.FromString,
                         response_serializer=EntropyResponse.SerializeToString,
                     ),
@@ -435,6 +442,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grace-s", type=float, default=5.0, help="seconds running calls get on shutdown"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics "
+        "(needs qr-grpc[metrics]; default 0: off)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of the metrics endpoint"
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
         "--log-format", choices=("logfmt", "json"), default="logfmt", help="log line format"
@@ -456,6 +473,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QREntropyError as error:
         logger.error("event=startup_failed error=%r", str(error))
         return 2
+    metrics = None
+    if args.metrics_port:
+        try:
+            metrics = ServerMetrics(source)
+            metrics.start_endpoint(args.metrics_host, args.metrics_port)
+        except (ImportError, OSError, OverflowError) as error:
+            source.close()
+            hint = " (pip install 'qr-grpc[metrics]')" if isinstance(error, ImportError) else ""
+            logger.error("event=startup_failed error=%r%s", f"metrics: {error}", hint)
+            return 2
     try:
         server = serve(
             source,
@@ -470,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             delay_ms=args.delay_ms,
             max_workers=args.max_workers,
             close_source=True,
+            metrics=metrics,
         )
     except GrpcConfigError as error:
         source.close()
