@@ -87,7 +87,8 @@ def primary_source(source: EntropySource) -> EntropySource:
     return source.primary if isinstance(source, FallbackEntropySource) else source
 
 
-@dataclass(slots=True)
+# eq=False: compared and hashed by identity (kept in a WeakSet by the exporter).
+@dataclass(eq=False)
 class SamplerMetrics:
     """The metrics of one processor (one engine's sampling rank).
 

@@ -116,13 +116,18 @@ class MetricsCollector:
         )
         # Several processors of one process (tests, tools) may share a source name:
         # counters and histograms add up, gauges take the last one seen.
-        sums: dict[tuple[Any, tuple[str, ...]], float] = {}
-        last: dict[tuple[Any, tuple[str, ...]], float] = {}
-        hists: dict[tuple[Any, str], tuple[list[float], float]] = {}
-        les: dict[Any, list[str]] = {}
+        # Metric families are not hashable: the tables are keyed by the family's name.
+        families = {f.name: f for f in (tokens, fallback, failed_tokens, failed, nbytes, health)}
+        families.update({f.name: f for f in (fetch, step, state, transitions, drift, drift_n)})
+        families.update({f.name: f for f in (written, dropped, queued)})
+        sums: dict[tuple[str, tuple[str, ...]], float] = {}
+        last: dict[tuple[str, tuple[str, ...]], float] = {}
+        hists: dict[tuple[str, str], tuple[list[float], float]] = {}
+        les: dict[str, list[str]] = {}
 
         def add(family: Any, labels: tuple[str, ...], value: float) -> None:
-            sums[(family, labels)] = sums.get((family, labels), 0.0) + value
+            key = (family.name, labels)
+            sums[key] = sums.get(key, 0.0) + value
 
         records_seen = False
         for m in live:
@@ -138,18 +143,19 @@ class MetricsCollector:
             if breaker is not None:
                 current, entries = breaker
                 for s in _BREAKER_STATES:
-                    last[(state, (*name, s))] = 1.0 if s == current else 0.0
+                    last[(state.name, (*name, s))] = 1.0 if s == current else 0.0
                     add(transitions, (*name, s), entries.get(s, 0))
             for source, snap in m.drift.snapshot().items():
-                last[(drift, (source, "sliding"))] = snap.window_z
-                last[(drift, (source, "lifetime"))] = snap.lifetime_z
-                last[(drift_n, (source, "sliding"))] = snap.window_tokens
-                last[(drift_n, (source, "lifetime"))] = snap.lifetime_tokens
+                last[(drift.name, (source, "sliding"))] = snap.window_z
+                last[(drift.name, (source, "lifetime"))] = snap.lifetime_z
+                last[(drift_n.name, (source, "sliding"))] = snap.window_tokens
+                last[(drift_n.name, (source, "lifetime"))] = snap.lifetime_tokens
             for hist, family in ((m.fetch_seconds, fetch), (m.step_seconds, step)):
                 buckets, total, _ = hist.cumulative()
-                les[family] = [le for le, _ in buckets]
-                counts, old_total = hists.get((family, m.source_name), ([0.0] * len(buckets), 0.0))
-                hists[(family, m.source_name)] = (
+                les[family.name] = [le for le, _ in buckets]
+                key = (family.name, m.source_name)
+                counts, old_total = hists.get(key, ([0.0] * len(buckets), 0.0))
+                hists[key] = (
                     [c + b for c, (_, b) in zip(counts, buckets, strict=True)],
                     old_total + total,
                 )
@@ -162,10 +168,10 @@ class MetricsCollector:
         if not records_seen:
             for family in (written, dropped, queued):
                 add(family, (), 0)
-        for (family, labels), value in (*sums.items(), *last.items()):
-            family.add_metric(list(labels), value)
-        for (family, source), (counts, total) in hists.items():
-            family.add_metric([source], list(zip(les[family], counts, strict=True)), total)
+        for (fname, labels), value in (*sums.items(), *last.items()):
+            families[fname].add_metric(list(labels), value)
+        for (fname, source), (counts, total) in hists.items():
+            families[fname].add_metric([source], list(zip(les[fname], counts, strict=True)), total)
         yield from (tokens, fallback, failed_tokens, failed, nbytes, health, fetch, step)
         yield from (state, transitions, drift, drift_n, written, dropped, queued)
 
