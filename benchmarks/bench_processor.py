@@ -7,6 +7,9 @@ Run in the vLLM environment: ``python benchmarks/bench_processor.py [--quick] [-
     against vLLM's own sampler on the same logits (temperature, then vLLM's
     TopKTopPSampler) for the same (k, p), and against one pass over the logits
     (a row-wise max), for (k, p) = (50, 0.9);
+(m) the cost of the Prometheus metrics and drift monitor (``QR_METRICS_PORT`` set)
+    on the same per-step time at B ∈ {8, 64}, V = 32000: metrics on and off in the
+    same run, timed alternately so that load on the machine hits both alike;
 (f) the entropy fetch plus amplification of 64 × 20,480 bytes against reading
     the same bytes from os.urandom;
 (b) end-to-end decode tokens/s on the tiny model (see bench_e2e.py).
@@ -91,6 +94,53 @@ def per_step(quick: bool) -> list[tuple[int, int, float, float, float]]:
     return rows
 
 
+def metrics_cost(quick: bool) -> list[tuple[int, float, float]]:
+    import socket
+
+    import torch
+    from qr_vllm import QRSamplerConfig
+    from qr_vllm.processor import QRSamplerLogitsProcessor
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    torch.manual_seed(0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    repeat = 15 if quick else 60
+    rows = []
+    for b in (8, 64):
+        procs = []
+        for metrics_port in (port, 0):
+            config = QRSamplerConfig(
+                entropy_source_type="system",
+                log_level="none",
+                top_k=50,
+                top_p=0.9,
+                metrics_port=metrics_port,
+            )
+            proc = QRSamplerLogitsProcessor(None, torch.device("cpu"), False, config=config)
+            added = [(i, SamplingParams(max_tokens=1), [1], []) for i in range(b)]
+            proc.update_state(BatchUpdate(batch_size=b, removed=[], added=added, moved=[]))
+            procs.append(proc)
+        base = torch.randn(b, 32000) * 3
+        work = base.clone()
+        samples: list[list[float]] = [[], []]
+        for proc in procs:  # warm-up
+            work.copy_(base)
+            proc.apply(work)
+        for i in range(2 * repeat):
+            which = i % 2 if (i // 2) % 2 == 0 else 1 - i % 2  # ABBA: no order bias
+            work.copy_(base)
+            started = time.perf_counter()
+            procs[which].apply(work)
+            samples[which].append(time.perf_counter() - started)
+        rows.append((b, statistics.median(samples[0]), statistics.median(samples[1])))
+        for proc in procs:
+            proc.close()
+    return rows
+
+
 def fetch_vs_urandom(quick: bool) -> tuple[float, float]:
     from qr_core import AmplifierRegistry
     from qr_entropy import EntropySourceRegistry
@@ -123,6 +173,11 @@ def main() -> None:
             f"{b:>3} {v:>7} {ours * 1e3:>9.3f} {vllm_t * 1e3:>13.3f} {ours / vllm_t:>6.2f} "
             f"{one * 1e3:>8.3f} {ours / one:>6.1f}"
         )
+    cost = metrics_cost(args.quick)
+    print("\n(m) per-step time with metrics on vs off, ms (V=32000, same run, alternating)")
+    print(f"{'B':>3} {'metrics on':>11} {'metrics off':>12} {'ratio':>6}")
+    for b, on, off in cost:
+        print(f"{b:>3} {on * 1e3:>11.3f} {off * 1e3:>12.3f} {on / off:>6.3f}")
     ours_f, urandom_f = fetch_vs_urandom(args.quick)
     print("\n(f) 64 x 20,480 bytes: fetch + amplification vs os.urandom, ms")
     print(

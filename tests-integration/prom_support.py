@@ -51,8 +51,10 @@ def prometheus_binaries() -> tuple[str, str]:
     ):
         subprocess.run([*as_root, *command], check=True, env=env, capture_output=True)
     found = shutil.which("prometheus"), shutil.which("promtool")
-    assert found[0] and found[1], "the prometheus package did not provide prometheus/promtool"
-    return found[0], found[1]
+    prometheus, promtool = found
+    assert prometheus, "the prometheus package did not provide prometheus"
+    assert promtool, "the prometheus package did not provide promtool"
+    return prometheus, promtool
 
 
 @dataclass
@@ -125,10 +127,12 @@ def running_prometheus(
         while True:
             if proc.poll() is not None:
                 raise RuntimeError("prometheus exited: " + log.read_text()[-3000:])
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(server.base + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(server.base + "/-/ready", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError("prometheus did not start: " + log.read_text()[-3000:])
             time.sleep(0.5)

@@ -55,7 +55,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
             assert match, variable["definition"]
             out.append((f"variable {variable['name']}", match.group(1)))
     substituted = []
-    for where, expr in out:
+    for where, raw in out:
+        expr = raw
         for name, value in GRAFANA_VARIABLES.items():
             expr = expr.replace(name, value)
         assert "$" not in expr, f"{where}: unknown Grafana variable in {expr}"
@@ -134,7 +135,7 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
 
 def test_the_dashboard_shows_every_metric_and_its_panels_do_not_overlap() -> None:
     from prometheus_client import generate_latest
-    from qr_entropy import EntropySourceRegistry, EntropySettings
+    from qr_entropy import EntropySettings, EntropySourceRegistry
     from qr_grpc import QuantumGrpcSource
     from qr_grpc._server_metrics import ServerMetrics
     from qr_vllm._drift import DriftMonitor
@@ -142,7 +143,7 @@ def test_the_dashboard_shows_every_metric_and_its_panels_do_not_overlap() -> Non
     from qr_vllm._metrics_export import register, registry, unregister
 
     grpc_source = QuantumGrpcSource()
-    metrics = SamplerMetrics(grpc_source, DriftMonitor(10, 0.0), records=lambda: {})
+    metrics = SamplerMetrics(grpc_source, DriftMonitor(10, 0.0), records=dict)
     metrics.drift.observe("quantum_grpc", [0.0])  # type: ignore[arg-type]
     register(metrics)
     try:
