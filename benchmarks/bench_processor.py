@@ -94,6 +94,35 @@ def per_step(quick: bool) -> list[tuple[int, int, float, float, float]]:
     return rows
 
 
+def metrics_work(b: int) -> float:
+    """Seconds of metrics bookkeeping per step of ``b`` rows, timed alone (many steps)."""
+    import numpy as np
+    from qr_entropy import EntropySourceRegistry
+    from qr_vllm._drift import DriftMonitor
+    from qr_vllm._metrics import SamplerMetrics
+    from qr_vllm._records import RequestInfo, StepRecords
+
+    info = RequestInfo(
+        1, "", "", "0" * 16, "fixed", "zscore_mean", 20480, 50, 0.9, 0.0, False, False
+    )
+    values = np.random.default_rng(0).normal(size=(b, 9))
+    values[:, 7] = np.where(np.arange(b) % 2, 1.0, -1.0)  # z that sum to 0: no drift warning
+    step = StepRecords(
+        runner="v1", requests=(info,) * b, slots=np.arange(b), sequence_numbers=np.zeros(b, int),
+        values=values, token_ids=np.zeros(b, int), status="ok", error="",
+        entropy_source="system", is_fallback=False, fallback_reason="", health="not_tested",
+        device_id="", fetch_latency_ns=500_000, generated_at_ns=0, timestamp_ns=0,
+    )  # fmt: skip
+    metrics = SamplerMetrics(EntropySourceRegistry.get("system")(), DriftMonitor(10_000, 4.0))
+    n = 5000
+    started = time.perf_counter()
+    for _ in range(n):
+        begun = time.perf_counter_ns()
+        metrics.observe_step(step)
+        metrics.observe_step_time((time.perf_counter_ns() - begun) / 1e9)
+    return (time.perf_counter() - started) / n
+
+
 def metrics_cost(quick: bool) -> list[tuple[int, float, float]]:
     import socket
 
@@ -175,9 +204,16 @@ def main() -> None:
         )
     cost = metrics_cost(args.quick)
     print("\n(m) per-step time with metrics on vs off, ms (V=32000, same run, alternating)")
-    print(f"{'B':>3} {'metrics on':>11} {'metrics off':>12} {'ratio':>6}")
+    print(
+        f"{'B':>3} {'metrics on':>11} {'metrics off':>12} {'ratio':>6} "
+        f"{'metrics work':>13} {'work/step':>10}"
+    )
     for b, on, off in cost:
-        print(f"{b:>3} {on * 1e3:>11.3f} {off * 1e3:>12.3f} {on / off:>6.3f}")
+        work = metrics_work(b)
+        print(
+            f"{b:>3} {on * 1e3:>11.3f} {off * 1e3:>12.3f} {on / off:>6.3f} "
+            f"{work * 1e3:>13.4f} {work / off:>9.2%}"
+        )
     ours_f, urandom_f = fetch_vs_urandom(args.quick)
     print("\n(f) 64 x 20,480 bytes: fetch + amplification vs os.urandom, ms")
     print(
