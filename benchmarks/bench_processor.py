@@ -40,6 +40,10 @@ def _time(fn: Any, repeat: int) -> float:
 
 def per_step(quick: bool) -> list[tuple[int, int, float, float, float]]:
     import torch
+
+    # vLLM's sampler needs vLLM's compiled kernels, which an engine loads at start and
+    # the processor no longer loads at import (it imports vLLM's penalties lazily).
+    import vllm._custom_ops  # noqa: F401
     from qr_vllm import QRSamplerConfig
     from qr_vllm.processor import QRSamplerLogitsProcessor
     from vllm import SamplingParams

@@ -403,8 +403,8 @@ def test_dockerfile_copies_exist_and_installs_are_local(name: str) -> None:
         if op == "RUN" and "pip install" in arg:
             for word in shlex.split(arg):
                 if word.startswith("/tmp/qr-sampler/"):
-                    word = word.split("[", 1)[0]  # an extra: "/tmp/qr-sampler/qr-grpc[metrics]"
-                    assert word in copied, f"{name}: pip installs {word}, which was not copied"
+                    path = word.split("[", 1)[0]  # an extra: "/tmp/qr-sampler/qr-grpc[metrics]"
+                    assert path in copied, f"{name}: pip installs {path}, which was not copied"
 
 
 def test_dockerfile_entrypoints_exist() -> None:

@@ -41,6 +41,7 @@ def test_missing_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
         check_vllm_version()
 
 
+@pytest.mark.vllm
 def test_installed_version_is_found() -> None:
     found = _compat.installed_vllm_version()
     if found is None:

@@ -136,7 +136,7 @@ def test_the_fetch_is_under_way_before_the_step_computes_temperatures(
     import threading
     import time
 
-    from qr_vllm import _pipeline
+    from qr_vllm import _fetch, _sampler
 
     entered, release = threading.Event(), threading.Event()
     seen: list[bool] = []
@@ -147,15 +147,15 @@ def test_the_fetch_is_under_way_before_the_step_computes_temperatures(
             release.wait(5)  # a device answering slowly, without the GIL
             return super().get_random_bytes(n)
 
-    original = _pipeline.BatchSampler._temperature
+    original = _sampler.BatchSampler._temperature
 
     def temperature(self: Any, sub: Any, plan: Any) -> Any:
         seen.append(entered.is_set())
         release.set()
         return original(self, sub, plan)
 
-    monkeypatch.setattr(_pipeline, "_FETCH_START_WAIT_S", 30.0)
-    monkeypatch.setattr(_pipeline.BatchSampler, "_temperature", temperature)
+    monkeypatch.setattr(_fetch, "FETCH_START_WAIT_S", 30.0)
+    monkeypatch.setattr(_sampler.BatchSampler, "_temperature", temperature)
     source = SlowSource()
     proc = make(source=source)
     add(proc, (0, params()), (1, params()))
@@ -436,7 +436,7 @@ def test_buffers_grow_with_the_batch() -> None:
         for i in range(size):
             one_hot_token(logits[i])
         assert torch.equal(logits[size:], original[size:])
-    assert proc._sampler._capacity >= 20
+    assert proc._sampler._buffers.capacity >= 20
 
 
 # --- runner V2 -----------------------------------------------------------------
@@ -527,4 +527,4 @@ def test_namespace_is_enough_for_vllm_config() -> None:
         True,
         config=QRSamplerConfig(entropy_source_type="mock_uniform"),
     )
-    assert proc._sampler.pin_memory is False  # pinned buffers only for accelerator devices
+    assert proc._sampler._buffers.pin_memory is False  # pinned buffers only for accelerator devices

@@ -24,6 +24,7 @@ def test_import_opens_nothing_and_stays_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.vllm
 def test_processor_module_import_opens_nothing() -> None:
     pytest.importorskip("vllm")
     code = (
@@ -43,6 +44,8 @@ def test_processor_module_import_opens_nothing() -> None:
     assert out.stdout.strip().splitlines()[-1] == "0 []"
 
 
+@pytest.mark.torch
+@pytest.mark.vllm
 def test_tiny_model_is_built_once_and_cached(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     spec = TinyModelSpec(num_layers=1)

@@ -11,7 +11,7 @@ vLLM finds the class through the ``vllm.logits_processors`` entry point
   ``cls(vllm_config, req_states)`` and calls ``add_request(slot, params)`` then
   ``apply(logits, ctx)``; rows are mapped to slots through ``ctx``.
 
-Both reach the same batched hot path (`qr_vllm._pipeline.BatchSampler`).
+Both reach the same batched hot path (`qr_vllm._sampler.BatchSampler`).
 Importing this module opens nothing: sources, threads and files are created
 when vLLM constructs the processor in the engine process.
 """
@@ -37,9 +37,10 @@ from qr_vllm._config import QRSamplerConfig
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._metrics import SamplerMetrics
 from qr_vllm._metrics_export import start_metrics, unregister
-from qr_vllm._pipeline import BatchSampler, SlotState
 from qr_vllm._records import RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
+from qr_vllm._sampler import BatchSampler
+from qr_vllm._slots import SlotState
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -86,7 +87,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self._resolver = RequestResolver(self.config)
         tp_group = _tensor_parallel_group()
         # Under tensor parallelism only rank 0 draws entropy and writes records; the
-        # other ranks take each step's u from it (see qr_vllm._pipeline).
+        # other ranks take each step's u from it (see qr_vllm._tp).
         follower = tp_group is not None and int(tp_group.rank_in_group) != 0
         if follower:
             self._source: EntropySource = _LeaderDrawsSource()
@@ -167,24 +168,24 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         """Apply vLLM's batch changes in its order: removed, added, moved (ERRATA §3)."""
         if batch_update is None:
             return
-        sampler = self._sampler
+        slots = self._sampler.slots
         for index in batch_update.removed:
-            sampler.remove(index)
+            slots.remove(index)
         for index, params, prompt_ids, output_ids in batch_update.added:
             # An add may reuse a slot whose removal was not listed: set_slot replaces it.
-            sampler.set_slot(index, self._new_state(params, prompt_ids, output_ids))
+            slots.set_slot(index, self._new_state(params, prompt_ids, output_ids))
         for src, dst, direction in batch_update.moved:
             if direction == MoveDirectionality.SWAP:
-                sampler.swap(src, dst)
+                slots.swap(src, dst)
             else:
-                sampler.move(src, dst)
+                slots.move(src, dst)
 
     # --- runner V2 -------------------------------------------------------------
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         """Take the request entering slot ``req_idx``; False for bypass requests."""
         state = self._new_state(sampling_params, None, None)
-        self._sampler.set_slot(req_idx, state)
+        self._sampler.slots.set_slot(req_idx, state)
         return state is not None
 
     # --- both ------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Failure policy: what a step does when it cannot sample its rows.
+
+Nothing may take the shared engine down (see ARCHITECTURE.md, design note
+"Failing requests, not the engine"): with no fallback (``QR_FALLBACK_MODE=error``)
+an unavailable source fails the step's requests. A failed request keeps its
+slot; from then on each of its rows is forced to the request's stop token (when
+it has one) so that vLLM ends it, and the engine keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from qr_entropy import EntropyUnavailableError
+
+from qr_vllm._slots import SlotState
+
+logger = logging.getLogger("qr_sampler")
+
+__all__ = [
+    "LEADER_FAILED",
+    "describe",
+    "fail_requests",
+    "is_expected",
+    "stop_rows",
+    "stop_tokens",
+]
+
+#: A follower's error for the requests of a step its leader failed.
+LEADER_FAILED = "the tensor-parallel leader (rank 0) failed this step's requests"
+
+
+def describe(exc: BaseException) -> str:
+    """The error recorded for a failed request: the exception's type and message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def is_expected(exc: BaseException) -> bool:
+    """True for the failures a step expects (no entropy); others are logged with a trace."""
+    return isinstance(exc, EntropyUnavailableError)
+
+
+def fail_requests(states: Sequence[SlotState], error: str) -> int:
+    """Mark the requests failed (those not failed already) and log each; returns how many."""
+    count = 0
+    for state in states:
+        if state.failure:
+            continue
+        state.failure = error
+        count += 1
+        logger.error(
+            "request %d (session=%r label=%r) failed: no entropy for its token (%s); "
+            "ending it with its stop token %d",
+            state.info.request_serial,
+            state.info.session,
+            state.info.label,
+            error,
+            state.stop_token,
+        )
+    return count
+
+
+def stop_tokens(states: Sequence[SlotState]) -> np.ndarray:
+    """Each request's stop token (-1: none known), as recorded for a failed row."""
+    return np.fromiter((s.stop_token for s in states), dtype=np.int64, count=len(states))
+
+
+def stop_rows(rows: np.ndarray, states: Sequence[SlotState]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows to force to a stop token, and those tokens; rows without one are left to vLLM."""
+    tokens = stop_tokens(states)
+    known = tokens >= 0
+    return np.asarray(rows, dtype=np.int64)[known], tokens[known]

@@ -1,0 +1,84 @@
+"""The step's entropy: one fetch on the fetch thread, and its bytes turned into u.
+
+The step hands the fetch to a single worker thread and waits until the worker
+holds it, then does everything that does not need u while the source answers
+(see ARCHITECTURE.md, design note "One fetch per step, just in time").
+`amplify` turns the block into one u (and its z-score and byte mean) per
+sampled row, one amplifier call per group of the plan.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+from qr_entropy import EntropyBlock, EntropySource
+
+from qr_vllm._plan import EntropyPlan
+
+__all__ = ["FETCH_START_WAIT_S", "Fetcher", "amplify"]
+
+#: How long a step waits for the fetch thread to pick its request up (see `Fetcher.start`).
+FETCH_START_WAIT_S = 0.05
+
+
+class Fetcher:
+    """Fetch each step's block on one worker thread, started on the first step.
+
+    Args:
+        source: The entropy source (already wrapped in its fallback, if any).
+    """
+
+    def __init__(self, source: EntropySource) -> None:
+        self.source = source
+        self._executor: ThreadPoolExecutor | None = None
+        self._started = threading.Event()
+
+    def start(self, plan: EntropyPlan) -> Future[EntropyBlock]:
+        """Start the fetch of ``plan``'s block; returns once the worker holds it (or soon)."""
+        if self._executor is None:
+            # One worker, started on the first step (never at import: vLLM builds the
+            # processor in several processes): requests stay one at a time, in step order.
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-entropy")
+        started = self._started
+        started.clear()
+        pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count)
+        # Wait until the worker holds the fetch: the step's own work (many small array
+        # operations) never gives up the GIL by itself, so a worker merely woken up would
+        # only get to run, and the fetch only overlap with nothing, once this thread
+        # blocks on the result. Once the worker is inside the source, it waits in a
+        # system call or on the network without the GIL. The wait is bounded: a worker
+        # that does not show up in time costs overlap, never correctness.
+        started.wait(FETCH_START_WAIT_S)
+        return pending
+
+    def _run(self, rows: int, count: int) -> EntropyBlock:
+        self._started.set()
+        return self.source.fetch_block(rows, count)
+
+    def close(self) -> None:
+        """Stop the worker (after the fetch in flight, if any); a later `start` starts one."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def amplify(data: np.ndarray, plan: EntropyPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (u, z-score, byte mean) per sampled row from the step's block ``data``."""
+    if plan.uniform:
+        res = plan.groups[0].amplifier.amplify_batch(data)
+        return res.u, res.z_score, res.sample_mean
+    rows = sum(group.positions.size for group in plan.groups)
+    u = np.empty(rows, dtype=np.float64)
+    z = np.empty(rows, dtype=np.float64)
+    mean = np.empty(rows, dtype=np.float64)
+    flat = data.reshape(-1)
+    for group in plan.groups:
+        count = group.positions.size
+        part = flat[group.byte_offset : group.byte_offset + count * group.sample_count]
+        res = group.amplifier.amplify_batch(part.reshape(count, group.sample_count))
+        u[group.positions] = res.u
+        z[group.positions] = res.z_score
+        mean[group.positions] = res.sample_mean
+    return u, z, mean
