@@ -140,9 +140,8 @@ class ServerMetrics:
         """
         from prometheus_client import start_http_server  # noqa: PLC0415
 
-        result = start_http_server(port, addr=host, registry=self.registry)
-        self._endpoint = result[0] if isinstance(result, tuple) else None
-        bound = int(self._endpoint.server_port) if self._endpoint is not None else port
+        self._endpoint, _ = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(self._endpoint.server_port)
         logger.info("event=metrics address=http://%s:%d/metrics", host, bound)
         return bound
 
