@@ -70,3 +70,22 @@ def test_metrics_off_by_default() -> None:
     assert proc._metrics is None
     assert proc.sampling_logger.metrics is None
     proc.close()
+
+
+def test_a_tensor_parallel_follower_builds_no_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qr_vllm.processor as processor_module
+
+    class Group:  # what vLLM's tensor-parallel coordinator shows the processor
+        rank_in_group = 1
+        world_size = 2
+
+    monkeypatch.setattr(processor_module, "_tensor_parallel_group", Group)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    proc = QRSamplerLogitsProcessor(
+        None, torch.device("cpu"), False, config=QRSamplerConfig(metrics_port=port)
+    )
+    assert proc._metrics is None  # rank 0 alone samples from entropy, so it alone counts
+    assert proc.sampling_logger.metrics is None
+    proc.close()
