@@ -116,7 +116,6 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
             "QR_METRICS_PORT": str(plugin_metrics),
             # A loaded test machine must not turn a healthy server into fallbacks.
             "QR_GRPC_TIMEOUT_MS": "20000",
-            "QR_CB_MIN_TIMEOUT_MS": "5000",
             "QR_LOG_LEVEL": "none",
         }
         scrape = [

@@ -21,7 +21,8 @@ from qr_entropy import EntropySource
 
 __all__ = ["LATENCY_BUCKETS_S", "ServerMetrics"]
 
-logger = logging.getLogger(__name__)
+# The server's events share one logger name, whichever module logs them.
+logger = logging.getLogger("qr_grpc.server")
 
 #: Upper bounds (seconds) of the per-request latency histogram.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
