@@ -135,6 +135,30 @@ class QRSamplerConfig(EntropySettings):
     diagnostic_max_records: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint of the sampling process "
+        "(plus vLLM's data-parallel rank); 0: metrics and the drift monitor are off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint binds to (0.0.0.0 to let another host scrape).",
+    )
+    metrics_drift_window: int = Field(
+        default=10_000,
+        ge=10,
+        le=10_000_000,
+        description="Tokens in the drift monitor's sliding window of Stouffer Z.",
+    )
+    metrics_drift_z_threshold: float = Field(
+        default=4.0,
+        ge=0.0,
+        le=100.0,
+        description="|Stouffer Z| (window or lifetime) that logs a drift warning; 0: no warning.",
+    )
 
     @model_validator(mode="after")
     def _check_edt_range(self) -> QRSamplerConfig:
@@ -205,6 +229,10 @@ _HASH_EXCLUDED = frozenset(
         "records_queue_steps",
         "diagnostic_max_records",
         "max_request_bytes",
+        "metrics_port",
+        "metrics_host",
+        "metrics_drift_window",
+        "metrics_drift_z_threshold",
     }
 )
 
