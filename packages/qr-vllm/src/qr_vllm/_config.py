@@ -29,6 +29,7 @@ __all__ = [
     "EXTRA_ARGS_PREFIX",
     "INFRASTRUCTURE_FIELDS",
     "PER_REQUEST_FIELDS",
+    "TRANSPORT_PREFIXES",
     "LogLevel",
     "QRSamplerConfig",
     "config_hash",
@@ -79,7 +80,7 @@ class QRSamplerConfig(EntropySettings):
         default=POPULATION_STD,
         gt=0.0,
         le=128.0,
-        description="Null-hypothesis standard deviation of a byte (73.9003, ERRATA §1).",
+        description="Null-hypothesis standard deviation of a byte: √((256² − 1)/12) = 73.9003.",
     )
     uniform_clamp_epsilon: float = Field(
         default=DEFAULT_UNIFORM_CLAMP_EPSILON,
@@ -156,6 +157,30 @@ class QRSamplerConfig(EntropySettings):
             "ignore_eos and no stop_token_ids is refused at admission."
         ),
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint of the sampling process "
+        "(plus vLLM's data-parallel rank); 0: metrics and the drift monitor are off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint binds to (0.0.0.0 to let another host scrape).",
+    )
+    metrics_drift_window: int = Field(
+        default=10_000,
+        ge=10,
+        le=10_000_000,
+        description="Tokens in the drift monitor's sliding window of Stouffer Z.",
+    )
+    metrics_drift_z_threshold: float = Field(
+        default=4.0,
+        ge=0.0,
+        le=100.0,
+        description="|Stouffer Z| (window or lifetime) that logs a drift warning; 0: no warning.",
+    )
 
     @model_validator(mode="after")
     def _check_edt_range(self) -> QRSamplerConfig:
@@ -196,31 +221,23 @@ PER_REQUEST_FIELDS: frozenset[str] = frozenset(
     }
 )
 
-#: Fields that configure the server, refused per request; gRPC and circuit-breaker
-#: names are listed so that ``qr_grpc_server_address`` gets the infrastructure
-#: message rather than "unknown key".
+#: Fields of `QRSamplerConfig` that configure the server (the entropy source and
+#: its fallback and guards, records, logging): refused per request.
 INFRASTRUCTURE_FIELDS: frozenset[str] = frozenset(
-    (set(QRSamplerConfig.model_fields) - PER_REQUEST_FIELDS)
-    | {
-        "grpc_server_address",
-        "grpc_timeout_ms",
-        "grpc_retry_count",
-        "grpc_mode",
-        "grpc_method_path",
-        "grpc_stream_method_path",
-        "grpc_api_key",
-        "grpc_api_key_header",
-        "grpc_tls",
-        "grpc_tls_ca_file",
-        "grpc_tls_cert_file",
-        "grpc_tls_key_file",
-        "grpc_tls_server_name",
-        "grpc_max_bytes_per_request",
-        "cb_window_size",
-        "cb_recovery_window_s",
-        "cb_max_consecutive_failures",
-    }
+    set(QRSamplerConfig.model_fields) - PER_REQUEST_FIELDS
 )
+
+#: Prefixes of the settings that transport plugins read from their own ``QR_*``
+#: variables (qr-grpc: ``QR_GRPC_*`` and its circuit breaker's ``QR_CB_*``). qr-vllm
+#: does not know their fields (it never imports a transport); a request key with
+#: one of these prefixes is refused as infrastructure, whatever the plugin adds.
+TRANSPORT_PREFIXES: tuple[str, ...] = ("grpc_", "cb_")
+
+
+def is_infrastructure(field: str) -> bool:
+    """Whether ``field`` (a ``qr_`` key without the prefix) is a server-side setting."""
+    return field in INFRASTRUCTURE_FIELDS or field.startswith(TRANSPORT_PREFIXES)
+
 
 # Per-request fields that hold a number (int or float): a JSON boolean is refused for them.
 _NUMBER_FIELDS: frozenset[str] = frozenset(
@@ -241,6 +258,10 @@ _HASH_EXCLUDED = frozenset(
         "records_queue_steps",
         "diagnostic_max_records",
         "max_request_bytes",
+        "metrics_port",
+        "metrics_host",
+        "metrics_drift_window",
+        "metrics_drift_z_threshold",
     }
 )
 
@@ -263,11 +284,11 @@ def request_overrides(extra_args: Mapping[str, Any] | None) -> dict[str, Any]:
         field = key[len(EXTRA_ARGS_PREFIX) :]
         if field in PER_REQUEST_FIELDS:
             overrides[field] = value
-        elif field in INFRASTRUCTURE_FIELDS:
+        elif is_infrastructure(field):
             raise ConfigValidationError(
-                f"extra_args key {key!r} is not allowed per request: {field} is an "
-                f"infrastructure setting, set it with the environment variable "
-                f"QR_{field.upper()} on the server"
+                f"extra_args key {shown(key)} is not allowed per request: {_env_name(field)} "
+                f"is an infrastructure setting, set it with the environment variable "
+                f"{_env_name(field, 'QR_')} on the server"
             )
         else:
             allowed = ", ".join(sorted(EXTRA_ARGS_PREFIX + name for name in PER_REQUEST_FIELDS))
@@ -356,6 +377,11 @@ def _describe(exc: ValidationError, overrides: Mapping[str, Any]) -> str:
             given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={shown(v)}" for k, v in overrides.items())
             problems.append(f"extra_args {given} are not allowed together: {error['msg']}")
     return "; ".join(problems)
+
+
+def _env_name(field: str, prefix: str = "") -> str:
+    name = prefix + (field.upper() if prefix else field)
+    return name if len(name) <= MAX_SHOWN_VALUE else shown(name)
 
 
 def shown(value: Any) -> str:

@@ -17,6 +17,11 @@ first byte, so the file keeps whole lines only; its records are dropped and
 counted, and the error is logged at most once a minute (see ARCHITECTURE.md,
 design note "Records on a bad disk"). A full queue drops the step, counts the
 records and logs a warning; it never blocks sampling.
+
+`flush` puts a marker on the same queue and waits for the writer to reach it.
+A forked child inherits the sink but not its writer thread: right after the fork
+the child forgets the parent's queue, file descriptor and thread, and starts its
+own writer on its first write (vLLM builds engines in forked processes).
 """
 
 from __future__ import annotations
@@ -103,6 +108,28 @@ def _cut_partial_line(fd: int, path: Path) -> None:
     )
 
 
+class _FlushMarker:
+    """Put on the queue by `JsonlRecordSink.flush`; the writer sets ``reached``."""
+
+    __slots__ = ("reached",)
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+
+
+# Every sink of this process, for the fork handler below.
+_SINKS: weakref.WeakSet[JsonlRecordSink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_SINKS):
+        sink._forget_parent_writer()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class JsonlRecordSink:
     """Append records to a JSON Lines file from a background writer thread.
 
@@ -119,10 +146,12 @@ class JsonlRecordSink:
         if max_pending_steps < 1:
             raise ValueError(f"max_pending_steps must be >= 1, got {max_pending_steps}")
         self.path = Path(path)
-        self._fd: int | None = open_records_file(self.path)
+        self._max_pending = max_pending_steps
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending_steps)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Opened now: a path that cannot be written stops the processor's start.
+        self._fd: int | None = open_records_file(self.path)
         self._closed = False
         self.dropped_records = 0
         self.written_records = 0
@@ -131,6 +160,7 @@ class JsonlRecordSink:
         self._errors_unlogged = 0
         self._error_logged_at = float("-inf")
         self._finalizer: Any = weakref.finalize(self, _close_fd, self._fd)
+        _SINKS.add(self)
 
     def write(self, step: StepRecords) -> bool:
         """Queue one step's records for writing; never blocks.
@@ -143,7 +173,7 @@ class JsonlRecordSink:
         if self._thread is None:
             try:
                 self._start()
-            except Exception:  # a thread that cannot start: records lost, engine untouched
+            except Exception:  # no file or no thread: records lost, engine untouched
                 logger.exception("records writer for %s could not start", self.path)
                 self._drop(len(step), "the writer could not start")
                 return False
@@ -158,17 +188,21 @@ class JsonlRecordSink:
         return True
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every queued step is written; True if it finished in time."""
-        if self._thread is None:
+        """Wait until every step queued before the call is written; True if it finished in time."""
+        thread = self._thread
+        if thread is None:
             return True
-        done = threading.Event()
-
-        def _wait() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=_wait, daemon=True, name="qr-records-flush").start()
-        return done.wait(timeout_s)
+        if self._closed:
+            # close() queued its stop after every step: written once the writer ended.
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        deadline = time.monotonic() + timeout_s
+        marker = _FlushMarker()
+        try:
+            self._queue.put(marker, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return marker.reached.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, stop the writer and close the file (idempotent)."""
@@ -182,9 +216,10 @@ class JsonlRecordSink:
             thread.join(timeout_s)
             if thread.is_alive():
                 logger.warning("records writer for %s did not stop in %.1f s", self.path, timeout_s)
-        elif self._fd is not None:
-            os.close(self._fd)  # the writer thread, when it ran, closed it
-        self._fd = None
+        else:
+            fd, self._fd = self._fd, None  # the writer thread, when it ran, closed it
+            if fd is not None:
+                _close_fd(fd)
         if self._finalizer is not None:
             self._finalizer.detach()
 
@@ -219,17 +254,42 @@ class JsonlRecordSink:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None or self._closed or self._fd is None:
+            if self._thread is not None or self._closed:
                 return
+            if self._fd is None:
+                # A forked child (see _forget_parent_writer) opens its own descriptor.
+                self._fd = open_records_file(self.path)
+            fd = self._fd
             thread = threading.Thread(
-                target=self._run, args=(self._fd,), daemon=True, name="qr-records-writer"
+                target=self._run, args=(fd,), daemon=True, name="qr-records-writer"
             )
             thread.start()
             self._thread = thread
             # The thread owns the descriptor now. Write out what is queued when the
             # interpreter exits normally.
-            self._finalizer.detach()
+            if self._finalizer is not None:
+                self._finalizer.detach()
             self._finalizer = weakref.finalize(self, JsonlRecordSink._at_exit, self._queue, thread)
+
+    def _forget_parent_writer(self) -> None:
+        """In a forked child: drop the parent's writer, queue and file; the next write starts anew.
+
+        The child runs alone right after the fork: no other thread can hold the lock
+        or the queue, but a copy of them may be locked for good by a parent thread.
+        """
+        self._lock = threading.Lock()
+        self._queue = queue.Queue(maxsize=self._max_pending)
+        self._thread = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the child's copy; the parent's writer keeps its own
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self.dropped_records = self.written_records = self.written_steps = 0
+        self.write_errors = self._errors_unlogged = 0
+        self._error_logged_at = float("-inf")
 
     @staticmethod
     def _at_exit(q: queue.Queue[object], thread: threading.Thread) -> None:
@@ -238,16 +298,21 @@ class JsonlRecordSink:
             thread.join(5.0)
 
     def _run(self, fd: int) -> None:
+        q = self._queue
         try:
             while True:
-                item = self._queue.get()
+                item = q.get()
                 try:
                     if item is _STOP:
                         return
+                    if isinstance(item, _FlushMarker):
+                        item.reached.set()
+                        continue
                     self._write_step(fd, cast(StepRecords, item))
                 finally:
-                    self._queue.task_done()
+                    q.task_done()
         finally:
+            self._fd = None  # before closing: a child forked later must not close the number
             os.close(fd)
 
     def _write_step(self, fd: int, step: StepRecords) -> None:
