@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 from conftest import in_process_llm, read_records
-from qr_vllm._entropy_server import EntropyServerProcess
+from qr_vllm.demo._entropy_server import EntropyServerProcess
 from test_grpc_under_load import openai_server_with
 
 pytestmark = pytest.mark.vllm
