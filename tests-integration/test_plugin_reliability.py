@@ -5,8 +5,9 @@
   request (``ignore_eos`` or not, with or without stop tokens) ends at its failing
   step with ``finish_reason: stop`` and ``stop_reason`` equal to the failure
   token, and no record says ``token_id: -1`` (or null).
-* Admission over HTTP: JSON booleans for numbers and 1 MB values get a short 400;
-  the plugin's log lines are in vLLM's format, ``qr_log_level=full`` included.
+* Admission over HTTP: a 1 MB value gets a short 400 (and JSON ``true`` reaches the
+  plugin as 1: vLLM's request schema converts it first); the plugin's log lines are
+  in vLLM's format, ``qr_log_level=full`` included.
 * Isolation: 8 concurrent requests at the largest allowed ``qr_sample_count``
   beside a normal one, through the reference server at its default 4 MiB limit:
   nothing fails, the normal request runs to its length.
@@ -23,6 +24,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -56,6 +58,16 @@ def _post(base: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def _records_with(path: Path, *labels: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """The records file once every label has a record (the writer runs beside the engine)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = read_records(path)
+        if {r["label"] for r in rows} >= set(labels) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
 
 
 def _model(base: str) -> str:
@@ -129,9 +141,18 @@ def test_admission_refusals_are_short_and_logs_use_vllms_format(
     base = failing_server["base"]
     model = _model(base)
     prompt = {"model": model, "prompt": "Once upon a time", "max_tokens": 4}
-    status, body = _post(base, {**prompt, "vllm_xargs": {"qr_sample_count": True}})
-    assert status == 400, body
-    assert "not a boolean" in json.dumps(body)
+    # vLLM's request schema (vllm_xargs: str | int | float | list) turns JSON true into 1
+    # before any plugin sees it: over HTTP, true is 1. The plugin refuses a boolean
+    # wherever one reaches it (the offline API: packages/qr-vllm/tests/test_reliability.py).
+    status, body = _post(
+        base, {**prompt, "vllm_xargs": {"qr_sample_count": True, "qr_label": "coerced"}}
+    )
+    assert status == 200, body
+    rows = [
+        r for r in _records_with(failing_server["records"], "coerced") if r["label"] == "coerced"
+    ]
+    assert rows, "no record of the coerced request"
+    assert {r["sample_count"] for r in rows} == {1}
     status, body = _post(base, {**prompt, "vllm_xargs": {"qr_label": "x" * 1_000_000}})
     assert status == 400, str(body)[:300]
     assert len(json.dumps(body)) < 4000
@@ -207,7 +228,7 @@ def test_a_killed_server_ends_every_request_with_the_failure_token(
         assert out.usage is not None
         assert out.usage.completion_tokens == 1, extra  # the failure token itself
 
-    rows = read_records(records)
+    rows = _records_with(records, "in-flight", *(f"after-{i}" for i in range(len(variants))))
     flight = [r for r in rows if r["label"] == "in-flight"]
     assert flight[-1]["status"] == "failed"
     assert flight[-1]["token_id"] == failure
