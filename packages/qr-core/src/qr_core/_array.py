@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qr_core._sync import is_sync_free
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -481,8 +483,12 @@ SMALL_HOST_ELEMENTS = 1 << 16
 
 
 def small_host_view(x: object) -> np.ndarray | None:
-    """A zero-copy numpy view of a small float32/float64 CPU tensor, else None."""
-    if not is_torch_tensor(x):
+    """A zero-copy numpy view of a small float32/float64 CPU tensor, else None.
+
+    None in sync-free mode (`qr_core.sync_free`): CPU tensors then take the
+    accelerator's code path.
+    """
+    if not is_torch_tensor(x) or is_sync_free():
         return None
     t: Any = x
     if (
