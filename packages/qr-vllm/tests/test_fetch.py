@@ -152,6 +152,7 @@ def test_the_fetch_waits_on_the_fetch_thread_for_the_logits_event() -> None:
     ready.fired.set()
     fetched = pending.result(timeout=60)
     assert [n for n, _ in source.calls] == [8]
-    assert ready.waiters and all(name.startswith("qr-entropy") for name in ready.waiters)
+    assert ready.waiters
+    assert all(name.startswith("qr-entropy") for name in ready.waiters)
     assert fired_at <= fetched.logits_ready_ns <= fetched.requested_ns
     fetcher.close()

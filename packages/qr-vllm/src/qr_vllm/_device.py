@@ -4,7 +4,8 @@
 change); `StepBuffers` holds the step's reusable device buffers, reserved at
 start-up for the engine's largest batch and grown only if a batch is larger;
 `HostRing` carries each step's record statistics to the host without a host sync;
-`logits_event` marks when a step's logits exist on their device. Needs torch; vLLM only for runner V1's penalties
+`logits_event` marks when a step's logits exist on their device. Needs torch;
+vLLM only for runner V1's penalties
 (`qr_vllm._penalties`, imported when a plan has any).
 """
 
@@ -96,7 +97,9 @@ class StepBuffers:
         pin_memory: Use a pinned host buffer for u (ignored on the CPU).
     """
 
-    def __init__(self, device: torch.device, pin_memory: bool, *, device_path: bool = False) -> None:
+    def __init__(
+        self, device: torch.device, pin_memory: bool, *, device_path: bool = False
+    ) -> None:
         self.device = device
         #: The accelerator's code path (also forced on the CPU by tests: see `BatchSampler`).
         self.device_path = device_path or device.type != "cpu"

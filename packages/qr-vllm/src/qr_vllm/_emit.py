@@ -104,7 +104,14 @@ class RecordEmitter:
                 values[:, :6] = pending.wait()
             tokens = values[:, 0].astype(np.int64)
             self._emit(
-                rows, seqs, (now, mono), values, tokens, prov, latency_ns=latency_ns, times=times
+                rows,
+                seqs,
+                (now, mono),
+                values,
+                tokens,
+                prov=prov,
+                latency_ns=latency_ns,
+                times=times,
             )
 
         self._run(emit)
@@ -119,7 +126,9 @@ class RecordEmitter:
         clock = (time.time_ns(), time.monotonic_ns())
         tokens = stop_tokens(rows.states)
         self._run(
-            lambda: self._emit(rows, seqs, clock, None, tokens, None, status="failed", error=error)
+            lambda: self._emit(
+                rows, seqs, clock, None, tokens, prov=None, status="failed", error=error
+            )
         )
 
     def flush(self) -> None:
@@ -143,9 +152,7 @@ class RecordEmitter:
             return
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="qr-records", daemon=True
-                )
+                self._thread = threading.Thread(target=self._loop, name="qr-records", daemon=True)
                 self._thread.start()
         self._jobs.put(job)
 
@@ -178,8 +185,8 @@ class RecordEmitter:
         clock: tuple[int, int],
         values: np.ndarray | None,
         token_ids: np.ndarray,
-        prov: Provenance | None,
         *,
+        prov: Provenance | None,
         latency_ns: int = 0,
         status: RecordStatus = "ok",
         error: str = "",

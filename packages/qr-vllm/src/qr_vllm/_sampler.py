@@ -358,9 +358,7 @@ class BatchSampler:
         if rows.size:
             rows_t = torch.as_tensor(rows, device=logits.device)
             force(logits, rows_t, torch.as_tensor(tokens, device=logits.device))
-        self._records.failed(
-            sampled, error, sequence_numbers=self._sequence_numbers(sampled.rows)
-        )
+        self._records.failed(sampled, error, sequence_numbers=self._sequence_numbers(sampled.rows))
 
     # --- planning (once per batch change) ------------------------------------
 
@@ -394,4 +392,3 @@ class BatchSampler:
         dev = DevicePlan.build(plan, int(logits.shape[1]), logits.device)
         self._plan, self._plan_version = dev, self.slots.version
         return dev
-
