@@ -191,7 +191,7 @@ def logits_event(logits: torch.Tensor) -> ReadyEvent:
     Logits on the CPU exist when they are handed over: an already-complete stand-in.
     """
     if logits.device.type == "cuda":
-        event = torch.cuda.Event()
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record(torch.cuda.current_stream(logits.device))
         return event
     return ALREADY_READY
@@ -207,7 +207,7 @@ class _Pending:
 
     def wait(self) -> np.ndarray:
         self._event.synchronize()
-        out = self._host.numpy().copy()
+        out: np.ndarray = self._host.numpy().copy()
         self._free.set()
         return out
 

@@ -106,6 +106,8 @@ class BatchSampler:
         #: True when the step takes the accelerator's path (no host reads of device values).
         self.device_path = self._buffers.device_path
         self._sync_allowed = sync_allowed
+        #: Where the step's deliberate host syncs run (vLLM's ``gpu_sync_allowed``).
+        self.sync_allowed = sync_allowed
         self._records = RecordEmitter(
             sampling_logger,
             runner,
