@@ -254,8 +254,9 @@ class Backend:
         """Per row, how many entries are not -inf (for logits already checked for NaN and +inf)."""
         rows, n = x.shape
         full = self.full((rows,), n, np.int64)
-        # A min pass is far cheaper than a count through a boolean mask, and most rows have no -inf.
-        if not self.any(self.amin(x, 1) == float("-inf")):
+        # A min pass is far cheaper than a count through a boolean mask, and most rows have no
+        # -inf; asking costs a host read, which sync-free mode does not make.
+        if not is_sync_free() and not self.any(self.amin(x, 1) == float("-inf")):
             return full
         return full - self.count(x == float("-inf"))
 
@@ -304,8 +305,12 @@ class Backend:
         """Indices that sort each row ascending."""
         return np.argsort(x, axis=-1, kind="stable").astype(np.int64, copy=False)
 
+    def row_indices(self, mask: Any) -> Any:
+        """The indices of the true entries of a ``(rows,)`` mask (one host read on accelerators)."""
+        return np.flatnonzero(mask)
+
     def take_rows(self, x: Any, mask: Any) -> Any:
-        """The rows of ``x`` where ``mask`` is true (a copy)."""
+        """The rows of ``x`` where ``mask`` is true, or at ``mask``'s indices (a copy)."""
         return x[mask]
 
     def put_rows_(self, dst: Any, mask: Any, src: Any) -> None:
@@ -444,6 +449,9 @@ class _TorchBackend(Backend):
 
     def any(self, mask: Any) -> bool:
         return bool(mask.any().item())
+
+    def row_indices(self, mask: Any) -> Any:
+        return self._torch.nonzero(mask).reshape(-1)
 
     def cumsum(self, x: Any) -> Any:
         return self._torch.cumsum(x, dim=-1)
