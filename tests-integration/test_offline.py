@@ -84,8 +84,9 @@ def test_bypass_rows_are_untouched_beside_forced_rows(mock_llm: tuple[Any, Path]
     "penalty", [{"presence_penalty": 2.0}, {"frequency_penalty": 2.0}, {"repetition_penalty": 2.0}]
 )
 def test_each_penalty_stops_repeats(mock_llm: tuple[Any, Path], penalty: dict[str, float]) -> None:
-    """Runner V1 applies penalties after non-argmax-invariant processors (ERRATA §6), where
-    a one-hot row would make them no-ops: the processor must apply each one itself."""
+    """Runner V1 applies penalties after non-argmax-invariant processors, where a one-hot
+    row would make them no-ops: the processor must apply each one itself (see
+    ARCHITECTURE.md, design note "V1 penalties")."""
     llm, _ = mock_llm
     prompts = ["Science is the", "The quick brown", "Once upon"]
     plain = _generate(llm, prompts, _params(max_tokens=24, qr_top_k=1))

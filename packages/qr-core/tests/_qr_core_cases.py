@@ -56,6 +56,24 @@ TIE_AT_TOP_K_WITH_MIN_P = Problem(
 )
 
 
+# vLLM's order: min-p keeps logits 0, 0, -1 (z >= 0.3); top-p 0.8 on their renormalised
+# mass cuts after the two tied tokens (2 / (2 + e^-1) = 0.845). Top-p on the whole mass
+# (the old order) would keep -1 too. Head size 1 forces the head path and its retries;
+# the second row puts top-k's tie at the k-th value across the head boundary.
+MIN_P_THEN_TOP_P = Problem(
+    logits=np.array(
+        [[-3.0, 0.0, -1.0, 0.0, -2.0, -np.inf], [1.0, 0.5, 0.5, 0.5, -1.0, -2.0]],
+        dtype=np.float32,
+    ),
+    temperature=np.array([1.0, 1.0]),
+    top_k=np.array([0, 2]),
+    top_p=np.array([0.8, 1.0]),
+    min_p=np.array([0.3, 0.0]),
+    u=np.array([1 - 1e-9, 1 - 1e-9]),
+    head_size=1,
+)
+
+
 @st.composite
 def problems(draw: st.DrawFn) -> Problem:
     rows = draw(st.integers(1, 4))

@@ -1,9 +1,11 @@
 """A float64, one-row-at-a-time reference for token selection, written for clarity, not speed.
 
-It follows ARCHITECTURE.md's definition literally: canonical order (logit
-descending, ties to the lower id), top-k, softmax at T, top-p (the crossing
-token kept), min-p relative to the most probable token, renormalise, and the
-first token whose cumulative mass exceeds u. Sums are exact (math.fsum).
+It follows ARCHITECTURE.md's definition (design note "Filter order": vLLM's
+order and rules) literally: canonical order (logit descending, ties to the
+lower id), softmax at T, min-p relative to the most probable token, top-k
+(every token tied with the k-th kept), top-p on what is left (the crossing
+token kept), renormalise, and the first token whose cumulative mass exceeds u.
+Sums are exact (math.fsum).
 """
 
 from __future__ import annotations
@@ -38,19 +40,20 @@ def reference_select(
     order = sorted((i for i in range(len(x)) if x[i] > -math.inf), key=lambda i: (-x[i], i))
     if temperature <= 0:
         return Pick(order[0], 0, 1, 1.0)
-    if top_k > 0:
-        order = order[:top_k]
     top = x[order[0]]
     z = [math.exp((x[i] - top) / temperature) for i in order]
-    mass = math.fsum(z)
     kept = len(order)
-    if top_p < 1:
-        for j in range(len(z)):
-            if math.fsum(z[: j + 1]) / mass >= top_p:
-                kept = min(kept, j + 1)
-                break
     if min_p > 0:
-        kept = min(kept, sum(1 for w in z if w >= min_p))
+        kept = sum(1 for w in z if w >= min_p)
+    if 0 < top_k < kept:
+        kth = x[order[top_k - 1]]
+        kept = sum(1 for i in order[:kept] if x[i] >= kth)
+    if top_p < 1:
+        mass = math.fsum(z[:kept])
+        for j in range(kept):
+            if math.fsum(z[: j + 1]) / mass >= top_p:
+                kept = j + 1
+                break
     total = math.fsum(z[:kept])
     for j in range(kept):
         if math.fsum(z[: j + 1]) / total > u:

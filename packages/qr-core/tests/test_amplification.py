@@ -24,7 +24,15 @@ def test_population_std_is_the_discrete_uniform_value() -> None:
 
 def test_alternating_extremes_give_exactly_one_half() -> None:
     result = ZScoreMeanAmplifier().amplify(bytes([0, 255] * 512))
-    assert result == AmplificationResult(u=0.5, z_score=0.0, sample_mean=127.5, sample_count=1024)
+    assert result == AmplificationResult(
+        u=0.5,
+        z_score=0.0,
+        sample_mean=127.5,
+        sample_count=1024,
+        amplifier="zscore_mean",
+        s_bytes=1024,
+        v_bytes=0,
+    )
 
 
 def test_all_255_clamps_to_one_minus_epsilon() -> None:

@@ -1,18 +1,22 @@
-"""Registries: decorator built-ins, lazily scanned entry points, clear errors."""
+"""qr_core's registries: what is particular to them.
+
+The behaviour every registry shares (entry points only, errors, clashes,
+refresh, in-process registration, locking) is tested once for qr_core's and
+qr_entropy's registries together, in tests-cross/test_registries.py.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, entry_points
 
 import pytest
 import qr_core._registry as registry_module
 from qr_core import (
     AmplifierRegistry,
-    QRCoreError,
-    SignalAmplifier,
+    EDTTemperatureStrategy,
+    FixedTemperatureStrategy,
     TemperatureStrategyRegistry,
-    UnknownComponentError,
     ZScoreMeanAmplifier,
 )
 
@@ -21,85 +25,54 @@ GROUP = "qr_core.amplifiers"
 
 @pytest.fixture
 def plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[EntryPoint]]:
-    # Installing a real distribution per test is too slow; the metadata lookup is the only fake.
+    # Installing a real distribution per test is too slow here (tests-cross does it);
+    # extra entry points are added to the installed ones.
     declared: list[EntryPoint] = []
-    scans = {"count": 0}
 
-    def fake_entry_points(*, group: str) -> list[EntryPoint]:
-        scans["count"] += 1
-        return [ep for ep in declared if ep.group == group]
+    def more_entry_points(*, group: str) -> list[EntryPoint]:
+        return [*entry_points(group=group), *(ep for ep in declared if ep.group == group)]
 
-    monkeypatch.setattr(registry_module, "entry_points", fake_entry_points)
-    AmplifierRegistry.clear_cache()
+    monkeypatch.setattr(registry_module, "entry_points", more_entry_points)
+    AmplifierRegistry.refresh()
     yield declared
-    AmplifierRegistry.clear_cache()
+    AmplifierRegistry.refresh()
 
 
-def test_installed_entry_points_of_qr_core_are_found() -> None:
-    AmplifierRegistry.clear_cache()
-    assert "zscore_mean" in AmplifierRegistry._scan()  # from qr-core's own pyproject
-    assert TemperatureStrategyRegistry.available() == ["edt", "fixed"]
+def test_builtins_are_qr_cores_entry_points() -> None:
+    AmplifierRegistry.refresh()
+    TemperatureStrategyRegistry.refresh()
+    assert TemperatureStrategyRegistry.available() == {"edt": "qr-core", "fixed": "qr-core"}
+    assert AmplifierRegistry.available()["zscore_mean"] == "qr-core"
+    assert AmplifierRegistry.available()["randomized_pit"] == "qr-core"
+    assert AmplifierRegistry.get("zscore_mean") is ZScoreMeanAmplifier
+    assert TemperatureStrategyRegistry.get("edt") is EDTTemperatureStrategy
+    assert (ZScoreMeanAmplifier.name, FixedTemperatureStrategy.name) == ("zscore_mean", "fixed")
 
 
-def test_plugin_from_an_entry_point_is_listed_loaded_and_built(plugins: list[EntryPoint]) -> None:
+def test_registries_keep_separate_tables() -> None:
+    assert "zscore_mean" not in TemperatureStrategyRegistry.available()
+    assert "edt" not in AmplifierRegistry.available()
+
+
+def test_plugin_from_an_entry_point_is_listed_loaded_named_and_built(
+    plugins: list[EntryPoint],
+) -> None:
     plugins.append(EntryPoint("half", "_qr_core_plugin:HalfAmplifier", GROUP))
-    assert AmplifierRegistry.available() == ["half", "zscore_mean"]
+    assert list(AmplifierRegistry.available()) == ["half", "randomized_pit", "zscore_mean"]
     amp = AmplifierRegistry.build("half", level=0.25, population_std=1.0)
     assert amp.amplify(b"\x01\x02").u == 0.25
     assert AmplifierRegistry.get("half") is type(amp)  # loaded once, cached
+    assert amp.name == "half"  # a plugin class without a name gets its entry-point name
 
 
-def test_builtin_wins_over_an_entry_point_of_the_same_name(plugins: list[EntryPoint]) -> None:
-    plugins.append(EntryPoint("zscore_mean", "_qr_core_plugin:HalfAmplifier", GROUP))
-    assert AmplifierRegistry.get("zscore_mean") is ZScoreMeanAmplifier
+def test_register_names_the_class() -> None:
+    class Local(ZScoreMeanAmplifier):
+        name = ""
 
-
-def test_duplicate_entry_point_names_keep_the_first(
-    plugins: list[EntryPoint], caplog: pytest.LogCaptureFixture
-) -> None:
-    plugins.append(EntryPoint("half", "_qr_core_plugin:HalfAmplifier", GROUP))
-    plugins.append(EntryPoint("half", "elsewhere:Other", GROUP))
-    assert AmplifierRegistry.get("half").__name__ == "HalfAmplifier"
-    assert "declared twice" in caplog.text
-
-
-def test_unknown_name_lists_what_is_available(plugins: list[EntryPoint]) -> None:
-    plugins.append(EntryPoint("half", "_qr_core_plugin:HalfAmplifier", GROUP))
-    with pytest.raises(
-        UnknownComponentError, match=r"'nope' not found.*Available: half, zscore_mean"
-    ):
-        AmplifierRegistry.get("nope")
-    with pytest.raises(LookupError):
-        TemperatureStrategyRegistry.build("nope")
-
-
-@pytest.mark.parametrize(
-    ("value", "fragment"),
-    [
-        ("no_such_module_qr:Thing", "failed to load: ModuleNotFoundError"),
-        ("_qr_core_plugin:NotAnAmplifier", "is not a subclass of SignalAmplifier"),
-    ],
-)
-def test_broken_entry_point_fails_when_selected(
-    plugins: list[EntryPoint], value: str, fragment: str
-) -> None:
-    plugins.append(EntryPoint("broken", value, GROUP))
-    assert "broken" in AmplifierRegistry.available()  # listing does not import it
-    with pytest.raises(
-        QRCoreError, match="amplifier 'broken' from an unknown distribution"
-    ) as info:
-        AmplifierRegistry.get("broken")
-    assert fragment in str(info.value)
-
-
-def test_register_checks_the_base_class_and_name_clashes() -> None:
-    with pytest.raises(QRCoreError, match="must subclass SignalAmplifier"):
-        AmplifierRegistry.register("bad")(int)
-
-    class Other(SignalAmplifier):
-        def amplify_batch(self, block):  # type: ignore[no-untyped-def]
-            raise NotImplementedError
-
-    with pytest.raises(QRCoreError, match="already registered to ZScoreMeanAmplifier"):
-        AmplifierRegistry.register("zscore_mean")(Other)
-    assert AmplifierRegistry.register("zscore_mean")(ZScoreMeanAmplifier) is ZScoreMeanAmplifier
+    try:
+        assert AmplifierRegistry.register("local_z")(Local) is Local
+        assert Local.name == "local_z"
+        assert isinstance(AmplifierRegistry.build("local_z"), Local)
+    finally:
+        AmplifierRegistry.unregister("local_z")
+    assert "local_z" not in AmplifierRegistry.available()

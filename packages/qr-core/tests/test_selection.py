@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import qr_core._head as head_module
 import qr_core._selection as selection_module
 from _qr_core_cases import (
+    MIN_P_THEN_TOP_P,
     TIE_AT_TOP_K_BOUNDARY,
     TIE_AT_TOP_K_WITH_MIN_P,
     Problem,
@@ -51,10 +53,20 @@ class TestKnownValues:
             result = select(temperature=temperature, u=0.999)
             assert result == SelectionResult(1, 0, 1.0, 1)
 
-    def test_top_k_keeps_exactly_k_with_ties_to_lower_ids(self) -> None:
+    def test_top_k_keeps_every_token_tied_with_the_kth_as_vllm_does(self) -> None:
+        # Logits 3.0 (ids 1 and 3) tie: top-k = 1 keeps both, like vLLM's logits >= k-th value.
         result = select(top_k=1, u=0.999)
-        assert (result.token_id, result.num_candidates, result.token_prob) == (1, 1, 1.0)
-        assert select(top_k=2, u=0.999).token_id == 3
+        assert (result.token_id, result.num_candidates) == (3, 2)
+        assert math.isclose(result.token_prob, 0.5)
+        assert select(top_k=1, u=0.25).token_id == 1
+        assert select(top_k=3, u=0.999).num_candidates == 3  # 3.0, 3.0, 2.0: no tie at the 3rd
+
+    def test_top_p_applies_to_what_min_p_left(self) -> None:
+        # Min-p 0.3 keeps logits 3, 3, 2 (mass 2 + e^-1 of them). Top-p 0.8 on that
+        # renormalised mass: the two 3.0s hold 2 / (2 + e^-1) = 0.845 >= 0.8, so it cuts
+        # after them. On the full mass (top-p before min-p) they hold 0.70 and 2.0 stays.
+        result = select(min_p=0.3, top_p=0.8, u=0.999)
+        assert (result.token_id, result.num_candidates) == (3, 2)
 
     def test_top_p_keeps_the_token_that_crosses_p(self) -> None:
         # Two tied tokens hold 2/(2+e^-1+e^-2+e^-3) = 0.70 of the mass; p = 0.5 keeps both.
@@ -101,6 +113,7 @@ class TestKnownValues:
 @given(problems())
 @example(TIE_AT_TOP_K_BOUNDARY)
 @example(TIE_AT_TOP_K_WITH_MIN_P)
+@example(MIN_P_THEN_TOP_P)
 def test_batch_matches_the_float64_reference(problem: Problem) -> None:
     result = TokenSelector(head_size=problem.head_size).select_batch(
         problem.logits,
@@ -154,18 +167,20 @@ class TestHeadAndFullSortAgree:
 
     def _run(self, head_size: int, logits: np.ndarray, **params: object) -> tuple[object, int]:
         calls = 0
-        original = selection_module._filter_rows
+        original = head_module.filter_rows
 
         def counting(*args: object, **kwargs: object) -> object:
             nonlocal calls
             calls += 1
             return original(*args, **kwargs)  # type: ignore[arg-type]
 
-        selection_module._filter_rows = counting  # type: ignore[assignment]
+        selection_module.filter_rows = counting  # type: ignore[assignment]
+        head_module.filter_rows = counting  # type: ignore[assignment]
         try:
             result = TokenSelector(head_size=head_size).select_batch(logits, **params)  # type: ignore[arg-type]
         finally:
-            selection_module._filter_rows = original
+            selection_module.filter_rows = original
+            head_module.filter_rows = original
         return result, calls
 
     def test_forced_paths_agree(self) -> None:

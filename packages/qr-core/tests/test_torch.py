@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from _qr_core_cases import (
+    MIN_P_THEN_TOP_P,
     TIE_AT_TOP_K_BOUNDARY,
     TIE_AT_TOP_K_WITH_MIN_P,
     Problem,
@@ -60,6 +61,7 @@ def run(problem: Problem, logits: object, **extra: object) -> object:
 @given(problems())
 @example(TIE_AT_TOP_K_BOUNDARY)
 @example(TIE_AT_TOP_K_WITH_MIN_P)
+@example(MIN_P_THEN_TOP_P)
 def test_float32_tensors_match_the_reference(problem: Problem) -> None:
     result = run(problem, torch.from_numpy(problem.logits))
     assert result.token_id.dtype == torch.int64

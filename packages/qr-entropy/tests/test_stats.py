@@ -11,7 +11,6 @@ from qr_entropy._stats import (
     ks_uniform,
     normal_cdf,
     normal_two_sided_p,
-    zscore_u,
 )
 from scipy import stats
 
@@ -56,9 +55,3 @@ def test_normal_helpers_match_scipy() -> None:
     for z in (-5.0, -1.0, 0.0, 0.3, 2.5):
         assert normal_cdf(z) == pytest.approx(stats.norm.cdf(z), rel=1e-12)
         assert normal_two_sided_p(z) == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-12)
-
-
-def test_zscore_u_matches_the_amplifier_formula() -> None:
-    block = np.random.default_rng(1).integers(0, 256, (8, 20480), dtype=np.uint8)
-    z = (block.mean(axis=1) - 127.5) / (BYTE_STD / np.sqrt(20480))
-    np.testing.assert_allclose(zscore_u(block), stats.norm.cdf(z), rtol=1e-12)

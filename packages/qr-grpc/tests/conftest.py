@@ -61,10 +61,10 @@ def make_client() -> Iterator[Callable[..., QuantumGrpcSource]]:
     clients: list[QuantumGrpcSource] = []
 
     def _make(address: object, **settings: object) -> QuantumGrpcSource:
-        # A 1 s timeout floor unless a test sets its own: on a loaded CI machine the
-        # default 5 ms floor turns scheduling hiccups into timeouts in tests that are
-        # not about timeouts. The breaker tests set every threshold explicitly.
-        settings.setdefault("cb_min_timeout_ms", 1000.0)
+        # A 10 s deadline unless a test sets its own: tests that are not about timeouts
+        # must not fail on a machine loaded by other jobs. The tests of the deadline
+        # set it, and the test of the defaults builds its client without this helper.
+        settings.setdefault("grpc_timeout_ms", 10_000.0)
         client = QuantumGrpcSource(
             GrpcSettings(grpc_server_address=str(address), **settings)  # type: ignore[arg-type]
         )

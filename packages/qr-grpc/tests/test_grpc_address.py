@@ -1,4 +1,7 @@
-"""Address parsing: host:port, [v6]:port, unix:///path and clear errors (ERRATA §10)."""
+"""Address parsing: host:port, [v6]:port, unix:///path and clear errors.
+
+See ARCHITECTURE.md, design note "Addresses".
+"""
 
 from __future__ import annotations
 

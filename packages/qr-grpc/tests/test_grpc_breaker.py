@@ -24,8 +24,6 @@ def clock() -> FakeClock:
 def make(clock: FakeClock, **kwargs: float) -> CircuitBreaker:
     params: dict[str, float] = {
         "window_size": 100,
-        "min_timeout_ms": 5.0,
-        "timeout_multiplier": 1.5,
         "recovery_window_s": 10.0,
         "max_consecutive_failures": 3,
     }
@@ -33,22 +31,12 @@ def make(clock: FakeClock, **kwargs: float) -> CircuitBreaker:
     return CircuitBreaker(clock=clock, **params)  # type: ignore[arg-type]
 
 
-def test_timeout_is_the_ceiling_until_latencies_are_known(clock: FakeClock) -> None:
+def test_p99_of_successful_fetches(clock: FakeClock) -> None:
     breaker = make(clock)
     assert breaker.p99_s() is None
-    assert breaker.timeout_s(5.0) == 5.0
-
-
-def test_adaptive_timeout_is_p99_times_multiplier_floored_and_capped(clock: FakeClock) -> None:
-    breaker = make(clock)
     for i in range(1, 101):  # 1..100 ms: nearest-rank P99 is 99 ms
         breaker.record_success(i / 1000)
     assert breaker.p99_s() == pytest.approx(0.099)
-    assert breaker.timeout_s(5.0) == pytest.approx(0.1485)
-    assert breaker.timeout_s(0.1) == pytest.approx(0.1)  # capped by the configured timeout
-    fast = make(clock)
-    fast.record_success(0.0001)
-    assert fast.timeout_s(5.0) == pytest.approx(0.005)  # floored at min_timeout_ms
 
 
 def test_window_rolls(clock: FakeClock) -> None:
@@ -59,24 +47,13 @@ def test_window_rolls(clock: FakeClock) -> None:
     assert breaker.p99_s() == pytest.approx(0.003)
 
 
-def test_timeouts_count_as_samples_so_the_timeout_follows_a_slower_server(
-    clock: FakeClock,
-) -> None:
+def test_failures_add_no_latency_sample(clock: FakeClock) -> None:
     breaker = make(clock, max_consecutive_failures=100)
-    for _ in range(50):
-        breaker.record_success(0.001)
-    budgets = []
-    for _ in range(3):
-        budget = breaker.timeout_s(5.0)
-        budgets.append(budget)
-        breaker.record_failure(timeout_latency_s=budget)
-    assert budgets[0] == pytest.approx(0.005)
-    assert budgets[1] == pytest.approx(0.0075)
-    assert budgets[2] == pytest.approx(0.01125)
-    # Other failures (refused, rejected) say nothing about speed.
-    before = breaker.sample_count
-    breaker.record_failure()
-    assert breaker.sample_count == before
+    breaker.record_success(0.001)
+    for _ in range(5):
+        breaker.record_failure()
+    assert breaker.sample_count == 1
+    assert breaker.p99_s() == pytest.approx(0.001)
 
 
 def test_larger_requests_scale_the_latencies_of_smaller_ones(clock: FakeClock) -> None:
@@ -86,7 +63,6 @@ def test_larger_requests_scale_the_latencies_of_smaller_ones(clock: FakeClock) -
     assert breaker.p99_s(1000) == pytest.approx(0.010)
     assert breaker.p99_s(64_000) == pytest.approx(0.640)
     assert breaker.p99_s(10) == pytest.approx(0.010)  # never scaled down
-    assert breaker.timeout_s(5.0, 64_000) == pytest.approx(0.960)
 
 
 def test_opens_after_consecutive_failures_and_a_success_resets_the_count(
@@ -172,9 +148,6 @@ def test_snapshot(clock: FakeClock) -> None:
     ("key", "value"),
     [
         ("window_size", 0),
-        ("min_timeout_ms", 0.0),
-        ("min_timeout_ms", float("inf")),
-        ("timeout_multiplier", -1.0),
         ("recovery_window_s", -0.1),
         ("max_consecutive_failures", 0),
     ],

@@ -107,9 +107,9 @@ def test_concurrent_bidi_fetches_get_their_own_bytes(
     kind: str, short_tmp: Path, start_server: StartServer, make_client: MakeClient
 ) -> None:
     server = start_server(KeyedSource(), address_for(kind, short_tmp), max_workers=4)
-    # A generous timeout floor: this test is about matching, and eight threads queueing
-    # on four server workers would trip the adaptive timeout on a loaded machine.
-    client = make_client(server.address, grpc_mode="bidi_streaming", cb_min_timeout_ms=5000)
+    # A generous deadline: this test is about matching, and eight threads queue on four
+    # server workers.
+    client = make_client(server.address, grpc_mode="bidi_streaming", grpc_timeout_ms=30_000)
     # Each thread asks for its own sizes, so a response delivered to the wrong fetch
     # would show as wrong bytes (the length check would catch it first).
     sizes = [[1000 + 97 * t + 13 * i for i in range(25)] for t in range(8)]

@@ -45,6 +45,44 @@ def test_import_and_construction_open_no_threads_or_sockets() -> None:
     assert result.stdout.strip() == "clean"
 
 
+CLIENT_ONLY = """
+import sys
+from importlib.metadata import entry_points
+(ep,) = [ep for ep in entry_points(group="qr_entropy.sources") if ep.name == "quantum_grpc"]
+cls = ep.load()
+assert cls.__name__ == "QuantumGrpcSource", cls
+server_side = ("qr_grpc.server", "qr_grpc._logfmt", "grpc_health.v1.health")
+loaded = [name for name in server_side if name in sys.modules]
+assert not loaded, loaded
+import qr_grpc
+assert "serve" in dir(qr_grpc) and "qr_grpc.server" not in sys.modules
+serve = qr_grpc.serve                      # first access imports the server
+assert "qr_grpc.server" in sys.modules and serve is sys.modules["qr_grpc.server"].serve
+from qr_grpc import EntropyServer
+assert EntropyServer is sys.modules["qr_grpc.server"].EntropyServer
+try:
+    qr_grpc.no_such_name
+except AttributeError as exc:
+    assert "no_such_name" in str(exc), exc
+else:
+    raise AssertionError("no AttributeError")
+print("lazy")
+"""
+
+
+def test_client_entry_point_does_not_import_the_server() -> None:
+    """Loading ``quantum_grpc`` leaves the server and grpc-health's servicer unimported."""
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT_ONLY],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "lazy"
+
+
 def test_benchmark_quick_run() -> None:
     """The benchmark runs end to end (its numbers are reported, never asserted)."""
     result = subprocess.run(

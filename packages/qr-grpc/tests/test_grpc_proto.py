@@ -1,4 +1,7 @@
-"""The generated stubs are current and the wire layout matches the drafts (ERRATA §9)."""
+"""The generated stubs are current and the wire layout is the protocol's.
+
+See ARCHITECTURE.md, design note "The wire contract".
+"""
 
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ def test_check_reports_a_stale_stub(tmp_path: Path) -> None:
     assert "stale" in result.stderr
 
 
-def test_wire_layout_is_the_draft_protocol() -> None:
+def test_wire_layout_is_the_contract() -> None:
     service = entropy_service_pb2.DESCRIPTOR.services_by_name["EntropyService"]
     assert service.full_name == "qr_entropy.EntropyService"
     get, stream = service.methods_by_name["GetEntropy"], service.methods_by_name["StreamEntropy"]

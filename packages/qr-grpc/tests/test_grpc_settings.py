@@ -10,6 +10,7 @@ import pydantic
 import pytest
 from qr_entropy import EntropyConfigError, EntropySettings, EntropySourceRegistry
 from qr_grpc import (
+    DEFAULT_MAX_BYTES_PER_REQUEST,
     DEFAULT_METHOD_PATH,
     DEFAULT_STREAM_METHOD_PATH,
     GrpcConfigError,
@@ -21,17 +22,17 @@ from qr_grpc import (
 def test_defaults_match_the_readme_table() -> None:
     settings = GrpcSettings()
     assert settings.grpc_server_address == "localhost:50051"
-    assert settings.grpc_timeout_ms == 5000
+    assert settings.grpc_timeout_ms == 1000
     assert settings.grpc_retry_count == 2
     assert settings.grpc_mode == "unary"
     assert settings.grpc_method_path == DEFAULT_METHOD_PATH
     assert settings.grpc_stream_method_path == DEFAULT_STREAM_METHOD_PATH
     assert settings.grpc_api_key.get_secret_value() == ""
     assert settings.grpc_api_key_header == "api-key"
-    assert (settings.cb_window_size, settings.cb_min_timeout_ms) == (100, 5.0)
-    assert (settings.cb_timeout_multiplier, settings.cb_recovery_window_s) == (1.5, 10.0)
+    assert (settings.cb_window_size, settings.cb_recovery_window_s) == (100, 10.0)
     assert settings.cb_max_consecutive_failures == 3
-    assert settings.grpc_max_message_bytes > 64 * 20_480
+    # The reference server's default limit, so a default client and server agree.
+    assert settings.grpc_max_bytes_per_request == DEFAULT_MAX_BYTES_PER_REQUEST == 4 * 1024 * 1024
     for name, field in GrpcSettings.model_fields.items():
         assert field.description, name
 

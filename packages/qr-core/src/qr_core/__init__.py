@@ -12,6 +12,7 @@ from __future__ import annotations
 from importlib.metadata import version as _version
 
 from qr_core._errors import (
+    ComponentLoadError,
     QRCoreError,
     SignalAmplificationError,
     TemperatureStrategyError,
@@ -36,6 +37,13 @@ from qr_core.amplification import (
     SignalAmplifier,
     ZScoreMeanAmplifier,
 )
+from qr_core.fidelity import FidelityResult, sampling_fidelity
+from qr_core.randomized_pit import (
+    DEFAULT_AMPLIFIER,
+    PIT_EDGE,
+    V_BYTES,
+    RandomizedPITAmplifier,
+)
 from qr_core.temperature import (
     BatchTemperatureResult,
     EDTTemperatureStrategy,
@@ -49,19 +57,25 @@ from qr_core.temperature import (
 __version__ = _version("qr-core")
 
 __all__ = [
+    "DEFAULT_AMPLIFIER",
     "DEFAULT_HEAD_SIZE",
     "DEFAULT_UNIFORM_CLAMP_EPSILON",
+    "PIT_EDGE",
     "POPULATION_MEAN",
     "POPULATION_STD",
+    "V_BYTES",
     "AmplificationResult",
     "AmplifierRegistry",
     "BatchAmplificationResult",
     "BatchSelectionResult",
     "BatchTemperatureResult",
+    "ComponentLoadError",
     "EDTTemperatureStrategy",
+    "FidelityResult",
     "FixedTemperatureStrategy",
     "PreparedSelection",
     "QRCoreError",
+    "RandomizedPITAmplifier",
     "SelectionResult",
     "SignalAmplificationError",
     "SignalAmplifier",
@@ -76,5 +90,6 @@ __all__ = [
     "__version__",
     "compute_shannon_entropy",
     "is_sync_free",
+    "sampling_fidelity",
     "sync_free",
 ]

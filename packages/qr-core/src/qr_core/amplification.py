@@ -27,12 +27,15 @@ __all__ = [
     "BatchAmplificationResult",
     "SignalAmplifier",
     "ZScoreMeanAmplifier",
+    "check_block",
+    "row_sums",
 ]
 
 #: Mean of a byte drawn uniformly from 0..255.
 POPULATION_MEAN: float = 127.5
 #: Standard deviation of a byte drawn uniformly from the integers 0..255: sqrt((256² − 1) / 12).
-#: 255 / sqrt(12) = 73.612 is the continuous-uniform value and makes z over-dispersed (ERRATA §1).
+#: 255 / sqrt(12) = 73.612 is the continuous-uniform value and makes z over-dispersed
+#: (see ARCHITECTURE.md, design note "The null σ").
 POPULATION_STD: float = math.sqrt((256**2 - 1) / 12)
 #: u is clamped to [ε, 1 − ε] so the CDF lookup never sees exactly 0 or 1.
 DEFAULT_UNIFORM_CLAMP_EPSILON: float = 1e-10
@@ -50,14 +53,20 @@ class AmplificationResult:
     Attributes:
         u: The uniform value in [ε, 1 − ε].
         z_score: The sample mean's z-score under the null hypothesis.
-        sample_mean: Mean of the bytes.
-        sample_count: How many bytes were actually used.
+        sample_mean: Mean of the S bytes.
+        sample_count: How many bytes went into S (the z-score's n).
+        amplifier: The amplifier's registry name.
+        s_bytes: Bytes summed into S (equal to ``sample_count``).
+        v_bytes: Further bytes of the same row spent on the uniform V (0 for ``zscore_mean``).
     """
 
     u: float
     z_score: float
     sample_mean: float
     sample_count: int
+    amplifier: str = ""
+    s_bytes: int = 0
+    v_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +76,20 @@ class BatchAmplificationResult:
     Attributes:
         u: Uniform values in [ε, 1 − ε].
         z_score: z-scores of the row means.
-        sample_mean: Row means.
-        sample_count: Bytes per row.
+        sample_mean: Row means of the S bytes.
+        sample_count: Bytes per row that went into S (the z-score's n).
+        amplifier: The amplifier's registry name.
+        s_bytes: Bytes per row summed into S (equal to ``sample_count``).
+        v_bytes: Further bytes per row spent on the uniform V (0 for ``zscore_mean``).
     """
 
     u: npt.NDArray[np.float64]
     z_score: npt.NDArray[np.float64]
     sample_mean: npt.NDArray[np.float64]
     sample_count: int
+    amplifier: str = ""
+    s_bytes: int = 0
+    v_bytes: int = 0
 
 
 class SignalAmplifier(ABC):
@@ -84,8 +99,21 @@ class SignalAmplifier(ABC):
     one-row form built on it.
     """
 
-    #: The registry name, set by :meth:`AmplifierRegistry.register`.
+    #: The name the class is selected by (its entry-point name).
     name: ClassVar[str] = ""
+    #: Bytes each row spends beyond the ``sample_count`` bytes summed into S.
+    v_bytes: ClassVar[int] = 0
+
+    def row_bytes(self, sample_count: int) -> int:
+        """How many bytes a row must hold for ``sample_count`` bytes to go into S.
+
+        Args:
+            sample_count: Bytes wanted in S (the z-score's n), >= 1.
+
+        Returns:
+            ``sample_count + v_bytes``: the width of the block to fetch.
+        """
+        return sample_count + self.v_bytes
 
     def amplify(
         self, raw_bytes: bytes | bytearray | memoryview | np.ndarray
@@ -121,6 +149,9 @@ class SignalAmplifier(ABC):
             z_score=float(batch.z_score[0]),
             sample_mean=float(batch.sample_mean[0]),
             sample_count=batch.sample_count,
+            amplifier=batch.amplifier,
+            s_bytes=batch.s_bytes,
+            v_bytes=batch.v_bytes,
         )
 
     @abstractmethod
@@ -139,14 +170,19 @@ class SignalAmplifier(ABC):
 
 
 class AmplifierRegistry(ComponentRegistry[SignalAmplifier]):
-    """Amplifiers by name: built-ins by decorator, plugins from ``qr_core.amplifiers``."""
+    """Amplifiers by name, from the ``qr_core.amplifiers`` entry points (built-ins included)."""
 
     group = "qr_core.amplifiers"
     kind = "amplifier"
     base = SignalAmplifier
 
 
-def _check_block(block: object) -> np.ndarray:
+def check_block(block: object) -> np.ndarray:
+    """Check that ``block`` is a non-empty 2-D uint8 array; return it.
+
+    Raises:
+        SignalAmplificationError: Another type, dtype or shape.
+    """
     if not isinstance(block, np.ndarray):
         msg = f"block must be a numpy uint8 array of shape (rows, n); got {type(block).__name__}"
         raise SignalAmplificationError(msg)
@@ -159,9 +195,17 @@ def _check_block(block: object) -> np.ndarray:
     return block
 
 
-@AmplifierRegistry.register("zscore_mean")
+def row_sums(block: np.ndarray) -> np.ndarray:
+    """Exact integer sum of each row of a uint8 block (uint32, or uint64 for very long rows)."""
+    # A float accumulator would round for large n. A 32-bit accumulator holds any row
+    # of up to 16,843,009 bytes and sums twice as fast as a 64-bit one.
+    acc = np.uint32 if block.shape[1] <= _UINT32_SUM_MAX_BYTES else np.uint64
+    sums: np.ndarray = block.sum(axis=1, dtype=acc)
+    return sums
+
+
 class ZScoreMeanAmplifier(SignalAmplifier):
-    """z-score of the byte mean, through the standard normal CDF.
+    """z-score of the byte mean, through the standard normal CDF (entry point ``zscore_mean``).
 
     For n bytes with mean M: ``z = (M − μ) / (σ / √n)`` and
     ``u = Φ(z)`` clamped to ``[ε, 1 − ε]``. Under the null hypothesis
@@ -179,6 +223,8 @@ class ZScoreMeanAmplifier(SignalAmplifier):
     Raises:
         SignalAmplificationError: A parameter that is not finite, σ <= 0, or ε outside (0, 0.5).
     """
+
+    name: ClassVar[str] = "zscore_mean"
 
     def __init__(
         self,
@@ -201,18 +247,29 @@ class ZScoreMeanAmplifier(SignalAmplifier):
 
     def amplify_batch(self, block: np.ndarray) -> BatchAmplificationResult:
         """Amplify each row of a ``(rows, n)`` uint8 block (see the class docstring)."""
-        block = _check_block(block)
+        block = check_block(block)
         n = block.shape[1]
-        # Integer sums are exact; a float accumulator would round for large n. A 32-bit
-        # accumulator holds any row of up to 16,843,009 bytes and sums twice as fast.
-        acc = np.uint32 if n <= _UINT32_SUM_MAX_BYTES else np.uint64
-        means = block.sum(axis=1, dtype=acc).astype(np.float64) / n
+        u, z, means = self.u_of_sums(row_sums(block), n)
+        return BatchAmplificationResult(
+            u=u,
+            z_score=z,
+            sample_mean=means,
+            sample_count=n,
+            amplifier=self.name,
+            s_bytes=n,
+            v_bytes=0,
+        )
+
+    def u_of_sums(
+        self, sums: np.ndarray, n: int
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``(u, z, mean)`` for integer byte sums of rows of n bytes."""
+        means = sums.astype(np.float64) / n
         z = (means - self.population_mean) / (self.population_std / math.sqrt(n))
         # Φ(z) = erfc(−z / √2) / 2 keeps full relative precision in the lower tail.
-        u = 0.5 * _erfc(-z / math.sqrt(2.0)).astype(np.float64)
+        u = 0.5 * np.asarray(_erfc(-z / math.sqrt(2.0)), dtype=np.float64)
         eps = self.uniform_clamp_epsilon
-        u = np.clip(u, eps, 1.0 - eps)
-        return BatchAmplificationResult(u=u, z_score=z, sample_mean=means, sample_count=n)
+        return np.clip(u, eps, 1.0 - eps), z, means
 
     def __repr__(self) -> str:
         return (

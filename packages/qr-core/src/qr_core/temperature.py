@@ -154,7 +154,7 @@ class BatchTemperatureResult:
 class TemperatureStrategy(ABC):
     """Chooses a sampling temperature from the logits; always reports their Shannon entropy."""
 
-    #: The registry name, set by :meth:`TemperatureStrategyRegistry.register`.
+    #: The name the class is selected by (its entry-point name).
     name: ClassVar[str] = ""
 
     def compute_temperature(self, logits: Array) -> TemperatureResult:
@@ -214,8 +214,8 @@ class TemperatureStrategy(ABC):
 
 
 class TemperatureStrategyRegistry(ComponentRegistry[TemperatureStrategy]):
-    """Temperature strategies by name: built-ins by decorator, plugins from
-    ``qr_core.temperature_strategies``."""
+    """Temperature strategies by name, from the ``qr_core.temperature_strategies`` entry
+    points (built-ins included)."""
 
     group = "qr_core.temperature_strategies"
     kind = "temperature strategy"
@@ -229,9 +229,8 @@ def _finite(name: str, value: float) -> float:
     return float(value)
 
 
-@TemperatureStrategyRegistry.register("fixed")
 class FixedTemperatureStrategy(TemperatureStrategy):
-    """The same temperature for every row.
+    """The same temperature for every row (entry point ``fixed``).
 
     Args:
         fixed_temperature: The temperature, >= 0 (0 selects greedily).
@@ -239,6 +238,8 @@ class FixedTemperatureStrategy(TemperatureStrategy):
     Raises:
         TemperatureStrategyError: A negative or non-finite temperature.
     """
+
+    name: ClassVar[str] = "fixed"
 
     def __init__(self, fixed_temperature: float = 0.7) -> None:
         value = _finite("fixed_temperature", fixed_temperature)
@@ -259,13 +260,13 @@ class FixedTemperatureStrategy(TemperatureStrategy):
         return f"{type(self).__name__}(fixed_temperature={self.fixed_temperature!r})"
 
 
-@TemperatureStrategyRegistry.register("edt")
 class EDTTemperatureStrategy(TemperatureStrategy):
     """Entropy-dependent temperature: ``T = clamp(base · (H / ln V)^exponent, min, max)``.
 
-    H is the row's Shannon entropy and V the number of finite logits in the
-    row, so ``H / ln V`` is in [0, 1]: confident rows get low temperatures,
-    uncertain ones high. A row with a single finite logit has ``H / ln V = 0``.
+    Selected as ``edt`` (its entry point). H is the row's Shannon entropy and V
+    the number of finite logits in the row, so ``H / ln V`` is in [0, 1]:
+    confident rows get low temperatures, uncertain ones high. A row with a
+    single finite logit has ``H / ln V = 0``.
 
     Args:
         edt_base_temp: base, > 0.
@@ -276,6 +277,8 @@ class EDTTemperatureStrategy(TemperatureStrategy):
     Raises:
         TemperatureStrategyError: A parameter outside those ranges or not finite.
     """
+
+    name: ClassVar[str] = "edt"
 
     def __init__(
         self,

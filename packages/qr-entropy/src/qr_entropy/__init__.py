@@ -5,11 +5,13 @@ from __future__ import annotations
 from importlib.metadata import version as _version
 
 from qr_entropy._base import EntropyBlock, EntropyFetch, EntropySource, HealthStatus, Provenance
+from qr_entropy._check import SourceCheck
 from qr_entropy._errors import (
     EntropyConfigError,
     EntropyUnavailableError,
     HealthTestFailure,
     QREntropyError,
+    SourceCheckError,
     SourceLoadError,
     UnknownSourceError,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "MockUniformSource",
     "Provenance",
     "QREntropyError",
+    "SourceCheck",
+    "SourceCheckError",
     "SourceLoadError",
     "SystemEntropySource",
     "TimingNoiseSource",

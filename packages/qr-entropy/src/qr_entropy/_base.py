@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from qr_entropy._check import SourceCheck
 from qr_entropy._errors import EntropyConfigError, EntropyUnavailableError
 from qr_entropy._health import HealthMonitor, HealthTestCutoffs
 from qr_entropy._settings import DEFAULT_MAX_REQUEST_BYTES, EntropySettings
@@ -293,6 +294,23 @@ class EntropySource(ABC):
             return values.reshape(dims)
         out[...] = values.reshape(dims)
         return out
+
+    def check(self, timeout_s: float | None = None) -> SourceCheck:
+        """Check at start-up that the source can serve, and say clearly why not.
+
+        Callers (the vLLM plugin when its processor starts) run it once, so that a wrong
+        address or credential is reported then, not as a failure of every token. It
+        never raises for a problem of the source: the result says what is wrong; call
+        ``raise_for_failure()`` on it to turn a failure into `SourceCheckError`.
+
+        The default has nothing to check and reports ok; sources that reach a server or
+        a device override it with a real request.
+
+        Args:
+            timeout_s: Budget of the check; None uses the source's own timeout.
+        """
+        del timeout_s  # nothing to wait for
+        return SourceCheck(ok=True, source=self.name, detail="nothing to check")
 
     def close(self) -> None:  # noqa: B027 -- a no-op default that sources with resources override
         """Release the source's resources (channels, devices); the default holds none."""

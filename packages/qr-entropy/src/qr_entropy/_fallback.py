@@ -8,6 +8,7 @@ import threading
 import time
 
 from qr_entropy._base import EntropyBlock, EntropyFetch, EntropySource, Provenance
+from qr_entropy._check import SourceCheck
 from qr_entropy._errors import EntropyUnavailableError
 
 __all__ = ["FallbackEntropySource"]
@@ -93,6 +94,10 @@ class FallbackEntropySource(EntropySource):
     def get_random_bytes(self, n: int) -> bytes:
         """``fetch(n).data``; use `fetch` to learn whether the fallback served it."""
         return self.fetch(n).data
+
+    def check(self, timeout_s: float | None = None) -> SourceCheck:
+        """The primary's check: a fallback that hides a misconfigured primary helps nobody."""
+        return self.primary.check(timeout_s)
 
     def close(self) -> None:
         """Close both sources (the fallback even when closing the primary raises)."""

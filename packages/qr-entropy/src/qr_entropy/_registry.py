@@ -1,14 +1,23 @@
-"""The ``qr_entropy.sources`` registry: built-ins by decorator, third parties by entry point."""
+"""The ``qr_entropy.sources`` registry: every source, built-in or third-party, by entry point.
+
+qr-entropy declares its own sources in its pyproject, so there is one way in.
+The entry points are scanned once, lazily, on the first lookup that needs them,
+and each is imported only when it is selected. When two distributions declare
+one name, qr-entropy's own entry point wins, else the first seen, with a
+warning. `EntropySourceRegistry.register` adds a class in process (tests, or an
+application that cannot ship an entry point); such a class wins over entry
+points. qr_core's registries follow the same idiom (see ARCHITECTURE.md, design
+note "One registry idiom").
+"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import threading
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from qr_entropy._base import EntropySource
 from qr_entropy._errors import EntropyConfigError, SourceLoadError, UnknownSourceError
@@ -20,10 +29,15 @@ __all__ = ["ENTRY_POINT_GROUP", "EntropySourceRegistry", "build_entropy_source"]
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "qr_entropy.sources"
-_BUILTIN_DISTRIBUTION = "qr-entropy"
+#: The distribution whose entry points win a name clash in ``qr_entropy.sources``.
+OWN_DISTRIBUTION = "qr-entropy"
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 _SourceT = TypeVar("_SourceT", bound=type[EntropySource])
+
+
+def _canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _distribution_of(entry_point: EntryPoint) -> str:
@@ -32,40 +46,56 @@ def _distribution_of(entry_point: EntryPoint) -> str:
 
 
 class EntropySourceRegistry:
-    """Finds entropy-source classes by name.
+    """Finds entropy-source classes by name (see the module docstring for the rules)."""
 
-    Built-in sources register with `register` when ``qr_entropy.sources`` is
-    imported and take precedence over entry points of the same name. The
-    ``qr_entropy.sources`` entry points are scanned once, on the first lookup
-    that needs them, and each is imported only when it is selected.
-    """
-
+    group: ClassVar[str] = ENTRY_POINT_GROUP
+    kind: ClassVar[str] = "entropy source"
+    base: ClassVar[type[Any]] = EntropySource
     _registered: ClassVar[dict[str, type[EntropySource]]] = {}
     _loaded: ClassVar[dict[str, type[EntropySource]]] = {}
     _entry_points: ClassVar[dict[str, EntryPoint] | None] = None
     _lock: ClassVar[threading.RLock] = threading.RLock()
 
     @classmethod
+    def _title(cls) -> str:
+        return cls.kind[:1].upper() + cls.kind[1:]
+
+    @classmethod
     def register(cls, name: str) -> Callable[[_SourceT], _SourceT]:
-        """Class decorator that registers an `EntropySource` subclass under ``name``.
+        """Class decorator that registers an `EntropySource` subclass in this process.
+
+        For tests, and for applications that cannot ship an entry point; a
+        distribution declares an entry point instead. A class registered here
+        wins over an entry point of the same name until `unregister`.
+
+        Args:
+            name: The name ``entropy_source_type`` uses to select the source.
+
+        Returns:
+            A decorator that registers the class and returns it unchanged.
 
         Raises:
-            EntropyConfigError: ``name`` is not an identifier-like string, or it
-                is already registered to a different class.
+            EntropyConfigError: ``name`` is not an identifier-like string, the
+                class is not an `EntropySource` subclass, or the name is already
+                registered to a different class.
         """
         if not isinstance(name, str) or not _NAME_PATTERN.match(name):
             raise EntropyConfigError(
-                f"source name {name!r} is not allowed; use letters, digits, '_', '.', '-' "
+                f"{cls.kind} name {name!r} is not allowed; use letters, digits, '_', '.', '-' "
                 f"starting with a letter or '_'"
             )
 
         def decorator(source_cls: _SourceT) -> _SourceT:
+            if not (isinstance(source_cls, type) and issubclass(source_cls, cls.base)):
+                raise EntropyConfigError(
+                    f"{cls.kind} {name!r} must subclass {cls.base.__name__}; got {source_cls!r}"
+                )
             with cls._lock:
-                existing = cls._registered.get(name)
-                if existing is not None and existing is not source_cls:
+                taken = cls._registered.get(name)
+                if taken is not None and taken is not source_cls:
                     raise EntropyConfigError(
-                        f"source name {name!r} is already registered to "
-                        f"{existing.__module__}.{existing.__qualname__}"
+                        f"{cls.kind} name {name!r} is already registered to "
+                        f"{taken.__module__}.{taken.__qualname__}"
                     )
                 cls._registered[name] = source_cls
             return source_cls
@@ -73,50 +103,49 @@ class EntropySourceRegistry:
         return decorator
 
     @classmethod
-    def _ensure_builtins(cls) -> None:
-        # Importing the module runs the @register decorators of the built-ins.
-        importlib.import_module("qr_entropy.sources")
+    def unregister(cls, name: str) -> None:
+        """Remove a class registered in process under ``name`` (no error if there is none)."""
+        with cls._lock:
+            cls._registered.pop(name, None)
 
     @classmethod
     def _scan(cls) -> dict[str, EntryPoint]:
         with cls._lock:
             if cls._entry_points is None:
                 found: dict[str, EntryPoint] = {}
-                for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-                    if entry_point.name in found:
+                for ep in entry_points(group=cls.group):
+                    seen = found.get(ep.name)
+                    if seen is None:
+                        found[ep.name] = ep
+                    elif seen.value != ep.value:  # the same target twice is no clash
+                        own = _canonical(_distribution_of(ep)) == OWN_DISTRIBUTION
+                        found[ep.name] = ep if own else seen
                         logger.warning(
-                            "entropy source %r is declared by both %s and %s; using the first",
-                            entry_point.name,
-                            _distribution_of(found[entry_point.name]),
-                            _distribution_of(entry_point),
+                            "%s %r is declared by both %s (%s) and %s (%s); using %s",
+                            cls.kind,
+                            ep.name,
+                            _distribution_of(seen),
+                            seen.value,
+                            _distribution_of(ep),
+                            ep.value,
+                            found[ep.name].value,
                         )
-                        continue
-                    found[entry_point.name] = entry_point
                 cls._entry_points = found
             return cls._entry_points
 
     @classmethod
-    def refresh(cls) -> None:
-        """Forget the entry-point scan and the classes loaded from it.
+    def available(cls) -> dict[str, str]:
+        """Every selectable name, sorted, mapped to what provides it.
 
-        The next lookup scans the installed distributions again, for example
-        after a plugin was installed into the running interpreter.
+        The value is the distribution that declares the entry point, or, for a
+        class registered in process, the top-level package of its module.
+        Listing imports no plugin.
         """
         with cls._lock:
-            cls._entry_points = None
-            cls._loaded.clear()
-
-    @classmethod
-    def available(cls) -> dict[str, str]:
-        """Every selectable source name, mapped to the distribution that provides it."""
-        cls._ensure_builtins()
-        names = dict.fromkeys(cls._registered, _BUILTIN_DISTRIBUTION)
-        for name, entry_point in cls._scan().items():
-            names.setdefault(name, _distribution_of(entry_point))
-        for name, source_cls in cls._registered.items():
-            if not source_cls.__module__.startswith("qr_entropy."):
+            names = {name: _distribution_of(ep) for name, ep in cls._scan().items()}
+            for name, source_cls in cls._registered.items():
                 names[name] = source_cls.__module__.partition(".")[0]
-        return dict(sorted(names.items()))
+            return dict(sorted(names.items()))
 
     @classmethod
     def get(cls, name: str) -> type[EntropySource]:
@@ -128,35 +157,37 @@ class EntropySourceRegistry:
             SourceLoadError: the entry point failed to import, or is not an
                 `EntropySource` subclass.
         """
-        cls._ensure_builtins()
         with cls._lock:
-            registered = cls._registered.get(name)
-            if registered is not None:
-                return registered
-            loaded = cls._loaded.get(name)
-            if loaded is not None:
-                return loaded
-            entry_point = cls._scan().get(name)
-            if entry_point is None:
+            source_cls = cls._registered.get(name) or cls._loaded.get(name)
+            if source_cls is not None:
+                return source_cls
+            ep = cls._scan().get(name)
+            if ep is None:
+                available = tuple(cls.available())
                 raise UnknownSourceError(
-                    f"Entropy source {name!r} not found. It is either misspelled or not "
-                    f"installed. Available sources: {', '.join(cls.available()) or 'none'}"
+                    f"{cls._title()} {name!r} not found. It is either misspelled or not "
+                    f"installed. Available: {', '.join(available) or '(none)'}",
+                    name=name,
+                    available=available,
                 )
-            distribution = _distribution_of(entry_point)
+            dist = _distribution_of(ep)
+            where = f"{cls._title()} {name!r} from distribution {dist} ({ep.value})"
             try:
-                obj = entry_point.load()
-            except Exception as exc:
+                loaded = ep.load()
+            except Exception as exc:  # any import-time failure of a plugin is reported the same way
                 raise SourceLoadError(
-                    f"entropy source {name!r} from distribution {distribution} "
-                    f"({entry_point.value}) failed to import: {type(exc).__name__}: {exc}"
+                    f"{where} failed to load: {type(exc).__name__}: {exc}",
+                    name=name,
+                    distribution=dist,
                 ) from exc
-            if not (isinstance(obj, type) and issubclass(obj, EntropySource)):
+            if not (isinstance(loaded, type) and issubclass(loaded, cls.base)):
                 raise SourceLoadError(
-                    f"entropy source {name!r} from distribution {distribution} "
-                    f"({entry_point.value}) is {obj!r}, not an EntropySource subclass"
+                    f"{where} is {loaded!r}, not a subclass of {cls.base.__name__}",
+                    name=name,
+                    distribution=dist,
                 )
-            cls._loaded[name] = obj
-            return obj
+            cls._loaded[name] = loaded
+            return loaded
 
     @classmethod
     def build(cls, name: str, settings: EntropySettings | None = None) -> EntropySource:
@@ -166,6 +197,18 @@ class EntropySourceRegistry:
         # Applied here too so a subclass whose from_settings skips it still gets the guards.
         source.configure(settings)
         return source
+
+    @classmethod
+    def refresh(cls) -> None:
+        """Forget the entry-point scan and the classes loaded from it.
+
+        The next lookup scans the installed distributions again, for example
+        after a plugin was installed into the running interpreter. Classes
+        registered in process stay.
+        """
+        with cls._lock:
+            cls._entry_points = None
+            cls._loaded = {}
 
 
 def build_entropy_source(settings: EntropySettings | None = None) -> EntropySource:

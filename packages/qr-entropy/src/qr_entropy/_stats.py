@@ -19,14 +19,19 @@ __all__ = [
     "ks_uniform",
     "normal_cdf",
     "normal_two_sided_p",
+    "zscore",
     "zscore_u",
 ]
 
-# These two constants and zscore_u mirror qr_core's ZScoreMeanAmplifier (ERRATA §1:
-# the exact discrete σ). qr_entropy may not import qr_core (it stands alone for
-# QRNG users who install only this package), so the three lines are repeated here.
+# These constants and zscore mirror qr_core's `zscore_mean` amplifier, so the battery
+# judges the u a token would get. qr_entropy may not import qr_core (it stands alone
+# for QRNG users who install only this package), so the few lines are repeated here,
+# and tests-cross/test_zscore_pin.py holds them equal to the amplifier's output.
+# σ is the exact discrete value: see ARCHITECTURE.md, design note "The null σ".
 BYTE_MEAN = 127.5
 BYTE_STD = math.sqrt((256**2 - 1) / 12)
+#: u is kept in [ε, 1 − ε], as the amplifier keeps it.
+UNIFORM_CLAMP_EPSILON = 1e-10
 
 _GAMMA_EPS = 1e-15
 _GAMMA_MAX_ITER = 10_000
@@ -43,21 +48,28 @@ def normal_two_sided_p(z: float) -> float:
     return math.erfc(abs(z) / math.sqrt(2.0))
 
 
-def zscore_u(block: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
-    """u = Φ(z) of each row's byte mean, z = (mean - 127.5) / (σ / sqrt(n)).
+def zscore(
+    block: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """z of each row's byte mean, z = (mean - 127.5) / (σ / sqrt(n)), and u = Φ(z).
 
     Args:
         block: (rows, n) uint8 array with n >= 1.
 
     Returns:
-        (rows,) float64 array of u in [0, 1].
+        (z, u): (rows,) float64 arrays; u is clamped to [ε, 1 − ε].
     """
     n = block.shape[1]
-    z = (block.mean(axis=1) - BYTE_MEAN) / (BYTE_STD / math.sqrt(n))
-    u: npt.NDArray[np.float64] = 0.5 * np.array(
-        [math.erfc(-value / math.sqrt(2.0)) for value in z], dtype=np.float64
-    )
-    return u
+    # The mean of integers accumulates in float64 exactly (every partial sum < 2**53).
+    z: npt.NDArray[np.float64] = (block.mean(axis=1) - BYTE_MEAN) / (BYTE_STD / math.sqrt(n))
+    # Φ(z) = erfc(−z / √2) / 2 keeps full relative precision in the lower tail.
+    u = 0.5 * np.array([math.erfc(-value / math.sqrt(2.0)) for value in z], dtype=np.float64)
+    return z, np.clip(u, UNIFORM_CLAMP_EPSILON, 1.0 - UNIFORM_CLAMP_EPSILON)
+
+
+def zscore_u(block: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+    """u of each row of a (rows, n) uint8 block (see `zscore`)."""
+    return zscore(block)[1]
 
 
 def _lower_gamma_series(a: float, x: float) -> float:

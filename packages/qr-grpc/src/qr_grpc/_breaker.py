@@ -1,4 +1,4 @@
-"""A circuit breaker with an adaptive timeout, as pure logic driven by an injectable clock."""
+"""A circuit breaker over whole fetches, as pure logic driven by an injectable clock."""
 
 from __future__ import annotations
 
@@ -26,33 +26,30 @@ class CircuitState(str, Enum):
 
 
 class CircuitBreaker:
-    """Rolling-P99 adaptive timeout plus a closed / open / half-open state machine.
+    """Closed / open / half-open state machine over fetches, plus a latency window.
 
-    The adaptive timeout is ``max(min_timeout_ms, P99 × timeout_multiplier)`` over the last
-    ``window_size`` latencies, capped by the caller's configured timeout. Requests that time
-    out are recorded with the timeout they were given, so a server that slows down raises the
-    P99 and the timeout follows it instead of failing forever at a stale budget.
+    One fetch is one verdict: `allow_request` before it, then exactly one of
+    `record_success` / `record_failure` after it, however many attempts (retries after a
+    lost connection, requests of a split fetch) it took. So a blip that one retry absorbs
+    counts nothing, and a fetch that failed after three attempts counts once.
 
-    Each latency is stored with its request size. The P99 for a request of ``n`` bytes is
-    taken over the window's latencies scaled up by ``n / size`` where the sample was
-    smaller (never scaled down): a decode step with more rows asks for more bytes, and
-    must not be timed out by the budget of a smaller one.
+    After ``max_consecutive_failures`` failed fetches in a row the breaker opens and
+    refuses fetches. Once ``recovery_window_s`` has passed, the next `allow_request` moves
+    it to half-open and lets exactly that one probe through; every other caller is refused
+    until the probe reports. A successful probe closes the breaker, a failed one reopens it
+    for another recovery window.
 
-    After ``max_consecutive_failures`` failures in a row the breaker opens and refuses
-    requests. Once ``recovery_window_s`` has passed, the next `allow_request` moves it to
-    half-open and lets exactly that one probe through; every other caller is refused until
-    the probe reports. A successful probe closes the breaker, a failed one reopens it for
-    another recovery window.
+    The breaker sets no timeout: a fetch waits for its configured deadline (see
+    ``grpc_timeout_ms``). The latencies of successful fetches are kept, with their sizes,
+    for the P99 that health reports show.
 
     Thread-safe: one lock guards the state, which is touched once before and once after a
-    request.
+    fetch.
 
     Args:
         window_size: Latencies kept for the P99.
-        min_timeout_ms: Floor of the adaptive timeout.
-        timeout_multiplier: Factor applied to the P99.
         recovery_window_s: Seconds the breaker stays open before it lets a probe through.
-        max_consecutive_failures: Failures in a row that open the breaker.
+        max_consecutive_failures: Failed fetches in a row that open the breaker.
         clock: Monotonic clock in seconds (tests pass a fake one).
 
     Raises:
@@ -63,28 +60,18 @@ class CircuitBreaker:
         self,
         *,
         window_size: int = 100,
-        min_timeout_ms: float = 5.0,
-        timeout_multiplier: float = 1.5,
         recovery_window_s: float = 10.0,
         max_consecutive_failures: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if window_size < 1:
             raise GrpcConfigError(f"cb_window_size={window_size!r} must be >= 1")
-        if not min_timeout_ms > 0 or not math.isfinite(min_timeout_ms):
-            raise GrpcConfigError(f"cb_min_timeout_ms={min_timeout_ms!r} must be a finite > 0")
-        if not timeout_multiplier > 0 or not math.isfinite(timeout_multiplier):
-            raise GrpcConfigError(
-                f"cb_timeout_multiplier={timeout_multiplier!r} must be a finite > 0"
-            )
         if not recovery_window_s >= 0 or not math.isfinite(recovery_window_s):
             raise GrpcConfigError(f"cb_recovery_window_s={recovery_window_s!r} must be >= 0")
         if max_consecutive_failures < 1:
             raise GrpcConfigError(
                 f"cb_max_consecutive_failures={max_consecutive_failures!r} must be >= 1"
             )
-        self._min_timeout_s = min_timeout_ms / 1000.0
-        self._multiplier = timeout_multiplier
         self._recovery_window_s = recovery_window_s
         self._max_failures = max_consecutive_failures
         self._clock = clock
@@ -132,23 +119,6 @@ class CircuitBreaker:
         )
         return ordered[math.ceil(0.99 * len(ordered)) - 1]
 
-    def timeout_s(self, ceiling_s: float, n_bytes: int = 0) -> float:
-        """The timeout for the next request.
-
-        Args:
-            ceiling_s: The configured timeout; the adaptive value never exceeds it.
-            n_bytes: Size of the request (scales the latencies of smaller ones).
-
-        Returns:
-            ``min(ceiling_s, max(min_timeout, P99 × multiplier))``, or ``ceiling_s`` before
-            any latency has been recorded.
-        """
-        with self._lock:
-            p99 = self._p99_locked(n_bytes)
-        if p99 is None:
-            return ceiling_s
-        return min(ceiling_s, max(self._min_timeout_s, p99 * self._multiplier))
-
     def retry_after_s(self) -> float:
         """Seconds until an open breaker lets a probe through (0 when it would now)."""
         with self._lock:
@@ -157,10 +127,10 @@ class CircuitBreaker:
             return max(0.0, self._opened_at + self._recovery_window_s - self._clock())
 
     def allow_request(self) -> bool:
-        """Ask to send one request; every True must be followed by one record_* call.
+        """Ask to start one fetch; every True must be followed by one record_* call.
 
         Returns:
-            True when the request may go out (closed, or the single half-open probe).
+            True when the fetch may go out (closed, or the single half-open probe).
         """
         with self._lock:
             if self._state is CircuitState.CLOSED:
@@ -174,10 +144,10 @@ class CircuitBreaker:
             return False
 
     def record_success(self, latency_s: float, n_bytes: int = 0) -> None:
-        """Record a request that delivered its bytes.
+        """Record a fetch that delivered its bytes.
 
         Args:
-            latency_s: Its round-trip time in seconds.
+            latency_s: Its time from start to last byte, in seconds.
             n_bytes: Its size.
         """
         with self._lock:
@@ -188,17 +158,9 @@ class CircuitBreaker:
             if self._state is CircuitState.HALF_OPEN:
                 self._state = CircuitState.CLOSED
 
-    def record_failure(self, timeout_latency_s: float | None = None, n_bytes: int = 0) -> None:
-        """Record a failed request.
-
-        Args:
-            timeout_latency_s: For a timeout, the timeout it was given (counted as a latency
-                sample); None for other failures, which say nothing about speed.
-            n_bytes: Its size.
-        """
+    def record_failure(self) -> None:
+        """Record a fetch that failed (after all its attempts)."""
         with self._lock:
-            if timeout_latency_s is not None:
-                self._samples.append((timeout_latency_s, n_bytes))
             self._consecutive_failures += 1
             # A failed probe reopens at once; a closed breaker waits for the threshold.
             if self._state is CircuitState.HALF_OPEN or (

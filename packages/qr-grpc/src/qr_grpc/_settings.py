@@ -9,12 +9,28 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 from qr_entropy import QR_SETTINGS_CONFIG
 
-__all__ = ["DEFAULT_METHOD_PATH", "DEFAULT_STREAM_METHOD_PATH", "GrpcMode", "GrpcSettings"]
+__all__ = [
+    "DEFAULT_MAX_BYTES_PER_REQUEST",
+    "DEFAULT_METHOD_PATH",
+    "DEFAULT_STREAM_METHOD_PATH",
+    "DEFAULT_TIMEOUT_MS",
+    "RESPONSE_FRAMING_BYTES",
+    "GrpcMode",
+    "GrpcSettings",
+]
 
 DEFAULT_METHOD_PATH = "/qr_entropy.EntropyService/GetEntropy"
 DEFAULT_STREAM_METHOD_PATH = "/qr_entropy.EntropyService/StreamEntropy"
 
 GrpcMode = Literal["unary", "server_streaming", "bidi_streaming"]
+
+#: Deadline of one fetch: generous for a healthy server on a loaded host (tens of ms
+#: is a bad moment there), short enough that a hung server stalls a step for 1 s.
+DEFAULT_TIMEOUT_MS = 1000.0
+#: The reference server's default --max-bytes-per-request, so client and server agree.
+DEFAULT_MAX_BYTES_PER_REQUEST = 4 * 1024 * 1024
+#: Room a response needs around its payload (sequence id, timestamp, device id).
+RESPONSE_FRAMING_BYTES = 64 * 1024
 
 
 class GrpcSettings(BaseSettings):
@@ -33,16 +49,27 @@ class GrpcSettings(BaseSettings):
         description="Server address: 'host:port', '[ipv6]:port' or 'unix:///absolute/path'.",
     )
     grpc_timeout_ms: float = Field(
-        default=5000.0,
+        default=DEFAULT_TIMEOUT_MS,
         gt=0,
         le=600_000,
-        description="Upper bound of each request's timeout; the adaptive timeout never exceeds it.",
+        description=(
+            "Deadline of one fetch in milliseconds, retries and split requests included, "
+            "used exactly as written: a slow but healthy server is waited for until then, "
+            "and a hung one (stopped process, stalled stream) is declared failed then. "
+            "Lower detects a hung server sooner but fails a slow host's fetches; higher "
+            "stalls each decode step longer while a server hangs (until the breaker opens). "
+            "A refused or lost connection fails at once, whatever this is."
+        ),
     )
     grpc_retry_count: int = Field(
         default=2,
         ge=0,
         le=10,
-        description="Extra attempts after a transport failure (connection lost or refused).",
+        description=(
+            "Extra attempts, within the deadline, after a lost or refused connection "
+            "(each on a rebuilt channel). More rides out a server restart; each extra "
+            "attempt against a dead server costs one connection attempt (fast)."
+        ),
     )
     grpc_mode: GrpcMode = Field(
         default="unary",
@@ -88,40 +115,41 @@ class GrpcSettings(BaseSettings):
             "'localhost'."
         ),
     )
-    grpc_max_message_bytes: int = Field(
-        default=64 * 1024 * 1024 + 64 * 1024,
-        ge=1024,
-        le=2**31 - 1,
+    grpc_max_bytes_per_request: int = Field(
+        default=DEFAULT_MAX_BYTES_PER_REQUEST,
+        ge=1,
+        le=2**31 - 1 - RESPONSE_FRAMING_BYTES,
         description=(
-            "Largest gRPC message the client sends or accepts; must exceed the largest fetch "
-            "(rows × bytes per row) plus a few bytes of framing."
+            "Largest bytes_needed of one request; a larger fetch is split into several "
+            "requests. Must not exceed the server's limit (the reference server's "
+            "--max-bytes-per-request, 4 MiB by default, so the defaults agree). Larger "
+            "means fewer round trips for huge steps; the channel accepts messages of "
+            "this plus 64 KiB of framing."
         ),
     )
     cb_window_size: int = Field(
         default=100,
         ge=1,
         le=100_000,
-        description="Latencies kept in the rolling window of the circuit breaker's P99.",
-    )
-    cb_min_timeout_ms: float = Field(
-        default=5.0,
-        gt=0,
-        description="Floor of the adaptive timeout in milliseconds.",
-    )
-    cb_timeout_multiplier: float = Field(
-        default=1.5,
-        gt=0,
-        description="The adaptive timeout is max(cb_min_timeout_ms, P99 × this multiplier).",
+        description="Fetch latencies kept for the P99 that health reports show.",
     )
     cb_recovery_window_s: float = Field(
         default=10.0,
         ge=0,
-        description="Seconds the open breaker waits before letting one probe request through.",
+        description=(
+            "Seconds the open breaker refuses fetches (the fallback serves them) before "
+            "one probe fetch goes through. Shorter returns to the server sooner; each "
+            "probe of a hung server stalls one step for up to grpc_timeout_ms."
+        ),
     )
     cb_max_consecutive_failures: int = Field(
         default=3,
         ge=1,
-        description="Consecutive failed requests that open the circuit breaker.",
+        description=(
+            "Failed fetches in a row (not attempts: a retried fetch counts once) that "
+            "open the breaker. Lower gives up on a failing server sooner; higher rides "
+            "out more isolated failures."
+        ),
     )
 
     @field_validator("grpc_tls_ca_file", "grpc_tls_cert_file", "grpc_tls_key_file", mode="before")

@@ -1,67 +1,33 @@
-"""The grpc.aio side of the client: channel, the three transport modes, health probe.
+"""The grpc.aio side of the client: the channel, the three transport modes, a health probe.
 
-Everything here runs on the source's background event loop, except
-`BidiSession.request`, which the fetching thread calls directly. Failures come out as
-`FetchFailure` with a kind that tells the source what to do next: a timeout feeds the
-breaker a latency sample, a transport failure rebuilds the channel and may be retried, a
-rejection or protocol error is final for this fetch.
+Everything here runs on the source's background event loop. Failures come out as
+`FetchFailure` (see `qr_grpc._failure`); the bidi stream itself is `qr_grpc._bidi`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2
 
+from qr_grpc._bidi import BidiSession
+from qr_grpc._failure import FetchFailure, check_length, classify
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 from qr_grpc._settings import GrpcMode
 
-__all__ = [
-    "AioTransport",
-    "BidiSession",
-    "FailureKind",
-    "FetchFailure",
-    "TransportConfig",
-    "check_length",
-]
+__all__ = ["AioTransport", "TransportConfig"]
 
 logger = logging.getLogger(__name__)
 
-FailureKind = Literal["timeout", "transport", "rejected", "protocol"]
-
 _HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
-# Details grpc.aio gives a call whose write failed inside the library (not a server status).
-_CORE_WRITE_ERROR = "Internal error from Core"
-# How long a failed bidi write waits for the reader to learn the server's status.
-_READER_GRACE_S = 1.0
-# Codes that mean the connection, not the server's judgement, failed: rebuild the channel.
-# CANCELLED is what a call in flight sees when another fetch rebuilt the channel under it.
-_TRANSPORT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-
-
-class FetchFailure(Exception):  # noqa: N818 -- internal signal, converted by the source
-    """One failed attempt, classified.
-
-    Attributes:
-        kind: ``timeout``, ``transport`` (rebuild channel, may retry), ``rejected`` (the
-            server said no) or ``protocol`` (the answer was wrong, e.g. its length).
-        detail: Human-readable cause, never containing credentials.
-    """
-
-    def __init__(self, kind: FailureKind, detail: str) -> None:
-        super().__init__(detail)
-        self.kind: FailureKind = kind
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,154 +52,6 @@ class TransportConfig:
     metadata: tuple[tuple[str, str], ...]
     tls: tuple[bytes | None, bytes | None, bytes | None] | None
     options: tuple[tuple[str, Any], ...]
-
-
-def check_length(response: EntropyResponse, n: int) -> None:
-    """Raise a protocol failure unless the payload has exactly n bytes (ERRATA §11)."""
-    if len(response.data) != n:
-        # A wrong length is a failure of the source, not a short sample.
-        raise FetchFailure(
-            "protocol", f"server returned {len(response.data)} bytes for a request of {n} bytes"
-        )
-
-
-def _classify(error: grpc.aio.AioRpcError, what: str) -> FetchFailure:
-    code = error.code()
-    detail = f"{what}: {code.name} {error.details() or ''}".rstrip()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return FetchFailure("timeout", detail)
-    if code in _TRANSPORT_CODES:
-        return FetchFailure("transport", detail)
-    if code == grpc.StatusCode.INTERNAL and (error.details() or "").startswith(_CORE_WRITE_ERROR):
-        # grpc.aio's own marker for a write that failed because the call had already
-        # ended (e.g. the server closed the stream as the request went out): the
-        # server's status is lost, the stream is gone, a new one may well work.
-        return FetchFailure("transport", detail)
-    return FetchFailure("rejected", detail)
-
-
-class BidiSession:
-    """One long-lived StreamEntropy call shared by every fetch of the source.
-
-    Requests carry increasing sequence ids; a reader task hands each response to the
-    waiter with the same id, so concurrent fetches never receive each other's bytes.
-    A server that does not echo ids (sequence_id 0) is answered in order, oldest first,
-    which is what an ordered stream gives.
-
-    `request` is called from the fetching thread, not the loop: it queues the request for
-    a writer task with one ``call_soon_threadsafe`` and waits on a
-    ``concurrent.futures.Future`` that the reader task resolves. That is one wake-up each
-    way and no task, asyncio future or timer per fetch, which is most of the client-side
-    cost of a round trip (see benchmarks/bench_grpc.py). The timeout is the wait's.
-
-    Build it with `open` on the loop.
-    """
-
-    def __init__(self, call: Any, generation: int) -> None:
-        self._call = call
-        self.generation = generation
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[tuple[int, EntropyRequest] | None] = asyncio.Queue()
-        self._pending: dict[int, concurrent.futures.Future[EntropyResponse]] = {}
-        self._lock = threading.Lock()  # orders sequence ids, pending entries and writes
-        self._seq = itertools.count(1)
-        self.failure: FetchFailure | None = None
-        self._reader = self._loop.create_task(self._read_loop())
-        self._writer = self._loop.create_task(self._write_loop())
-
-    @classmethod
-    async def open(cls, stream: Any, metadata: Any, generation: int) -> BidiSession:
-        """Start the call and its reader and writer tasks (on the loop)."""
-        return cls(stream(metadata=metadata), generation)
-
-    async def _write_loop(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            try:
-                await self._call.write(item[1])
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-                # The call ended under the write (a refusal, a dead server). The reader
-                # gets the server's own status; give it a moment before reporting ours.
-                await asyncio.wait([self._reader], timeout=_READER_GRACE_S)
-                detail = (
-                    _classify(error, "bidi write")
-                    if isinstance(error, grpc.aio.AioRpcError)
-                    else FetchFailure("transport", "bidi stream finished")
-                )
-                self._fail(detail)
-                return
-
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                response = await self._call.read()
-                if response is grpc.aio.EOF:
-                    self._fail(FetchFailure("transport", "bidi stream closed by the server"))
-                    return
-                seq = response.sequence_id
-                with self._lock:
-                    if seq == 0 and self._pending:
-                        seq = next(iter(self._pending))
-                    waiter = self._pending.pop(seq, None)
-                if waiter is None:
-                    # That fetch already timed out; its late bytes must not reach anyone else.
-                    logger.debug("discarding late bidi response sequence_id=%d", seq)
-                    continue
-                waiter.set_result(response)
-        except grpc.aio.AioRpcError as error:
-            self._fail(_classify(error, "bidi stream"))
-        except asyncio.CancelledError:
-            self._fail(FetchFailure("transport", "bidi stream cancelled"))
-            raise
-
-    def _fail(self, failure: FetchFailure) -> None:
-        with self._lock:
-            if self.failure is None:
-                self.failure = failure
-            pending, self._pending = self._pending, {}
-        for waiter in pending.values():
-            waiter.set_exception(FetchFailure(failure.kind, failure.detail))
-
-    def request(self, n: int, timeout_s: float) -> EntropyResponse:
-        """Send one request on the stream and wait for its response (any thread but the loop's).
-
-        Raises:
-            FetchFailure: Timeout, or the stream failed (``transport`` / ``rejected``).
-        """
-        waiter: concurrent.futures.Future[EntropyResponse] = concurrent.futures.Future()
-        with self._lock:
-            if self.failure is not None:
-                raise FetchFailure(self.failure.kind, self.failure.detail)
-            seq = next(self._seq)
-            self._pending[seq] = waiter
-            # Inside the lock so writes leave in sequence order (the FIFO fallback needs it).
-            try:
-                self._loop.call_soon_threadsafe(
-                    self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq))
-                )
-            except RuntimeError:  # the loop was closed under us (source closed meanwhile)
-                del self._pending[seq]
-                raise FetchFailure("transport", "client event loop stopped") from None
-        try:
-            return waiter.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise FetchFailure(
-                "timeout", f"bidi response not received within {timeout_s * 1000:.1f} ms"
-            ) from None
-        finally:
-            with self._lock:
-                self._pending.pop(seq, None)
-
-    async def close(self) -> None:
-        """Cancel the call and its tasks (on the loop)."""
-        self._queue.put_nowait(None)
-        self._call.cancel()
-        for task in (self._reader, self._writer):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 class AioTransport:
@@ -356,7 +174,7 @@ class AioTransport:
                 metadata=self._config.metadata,
             )
         except grpc.aio.AioRpcError as error:
-            raise _classify(error, "unary call") from None
+            raise classify(error, "unary call") from None
         return response
 
     async def _fetch_server_streaming(self, n: int, timeout_s: float) -> EntropyResponse:
@@ -377,7 +195,7 @@ class AioTransport:
             if await call.read() is not grpc.aio.EOF:
                 raise FetchFailure("protocol", "server sent more than one response")
         except grpc.aio.AioRpcError as error:
-            raise _classify(error, "server-streaming call") from None
+            raise classify(error, "server-streaming call") from None
         finally:
             call.cancel()  # no-op on a finished call; frees it on any failure path
         result: EntropyResponse = response

@@ -1,4 +1,4 @@
-"""The built-in entropy sources, registered under ``qr_entropy.sources`` on import."""
+"""The built-in entropy sources, each declared as a ``qr_entropy.sources`` entry point."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import numpy.typing as npt
 
 from qr_entropy._base import EntropySource
 from qr_entropy._errors import EntropyConfigError
-from qr_entropy._registry import EntropySourceRegistry
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -64,9 +63,10 @@ def tilted_byte_distribution(mean_shift: float) -> npt.NDArray[np.float64]:
     return _tilted(0.5 * (low + high))
 
 
-@EntropySourceRegistry.register("mock_uniform")
 class MockUniformSource(EntropySource):
-    """Seeded pseudo-random bytes for tests and bias simulations (ERRATA §2).
+    """Seeded pseudo-random bytes for tests and bias simulations (entry point ``mock_uniform``).
+
+    See ARCHITECTURE.md, design note "The mock source's null".
 
     With ``mean_shift == 0`` the bytes are exactly uniform on 0..255 (numpy's
     PCG64 ``Generator.bytes``). A non-zero shift draws each byte from the

@@ -7,7 +7,6 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from qr_entropy._base import EntropySource
-from qr_entropy._registry import EntropySourceRegistry
 
 __all__ = ["SystemEntropySource"]
 
@@ -26,7 +25,6 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@EntropySourceRegistry.register("system")
 class SystemEntropySource(EntropySource):
     """Bytes from ``os.urandom``: always available, cryptographically secure, not quantum.
 

@@ -18,7 +18,6 @@ from qr_entropy._health import (
     HealthMonitor,
     HealthTestCutoffs,
 )
-from qr_entropy._registry import EntropySourceRegistry
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -35,7 +34,6 @@ _DIGEST_BYTES = 32
 _CONDITIONER_INPUT_BITS = 8 * _DIGEST_BYTES + 64
 
 
-@EntropySourceRegistry.register("timing_noise")
 class TimingNoiseSource(EntropySource):
     """Bytes from the jitter between consecutive ``time.perf_counter_ns`` reads.
 
