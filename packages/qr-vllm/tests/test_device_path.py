@@ -416,3 +416,56 @@ def test_v2_positions_come_from_the_plan_not_from_the_device(tmp_path: Path) -> 
         totals.append(syncs.total)
     assert max(totals[1:]) <= 1
     proc.close()
+
+
+# --- guards --------------------------------------------------------------------
+
+
+def _config(**parts: Any) -> SimpleNamespace:
+    return SimpleNamespace(**parts)
+
+
+def test_refuses_batch_sharded_sampling_under_tensor_parallelism() -> None:
+    from qr_vllm._errors import UnsupportedEngineError
+    from vllm.config import ParallelConfig
+
+    # The names read are vLLM's own.
+    assert "enable_batch_sharded_sampling" in ParallelConfig.__dataclass_fields__
+    sharded = _config(
+        parallel_config=_config(tensor_parallel_size=2, enable_batch_sharded_sampling=True)
+    )
+    with pytest.raises(UnsupportedEngineError, match="enable_batch_sharded_sampling"):
+        QRSamplerLogitsProcessor(sharded, torch.device("cpu"), False)
+    # Ignored by vLLM (and harmless) without tensor parallelism.
+    single = _config(
+        parallel_config=_config(tensor_parallel_size=1, enable_batch_sharded_sampling=True)
+    )
+    QRSamplerLogitsProcessor(
+        single,
+        torch.device("cpu"),
+        False,
+        config=QRSamplerConfig(entropy_source_type="mock_uniform"),
+    ).close()
+
+
+@pytest.mark.parametrize("mode", ["processed_logprobs", "processed_logits"])
+def test_refuses_processed_logprobs_modes(mode: str) -> None:
+    from qr_vllm._errors import UnsupportedEngineError
+    from qr_vllm._guards import PROCESSED_MODES
+    from vllm.config.model import PROCESSED_LOGPROBS_MODES
+
+    assert set(PROCESSED_MODES) == set(PROCESSED_LOGPROBS_MODES)
+    with pytest.raises(UnsupportedEngineError, match=rf"logprobs_mode='{mode}'.*raw_logprobs"):
+        QRSamplerLogitsProcessor(
+            _config(model_config=_config(logprobs_mode=mode)), torch.device("cpu"), False
+        )
+
+
+@pytest.mark.parametrize("mode", ["raw_logprobs", "raw_logits"])
+def test_raw_logprobs_modes_are_served(mode: str) -> None:
+    QRSamplerLogitsProcessor(
+        _config(model_config=_config(logprobs_mode=mode)),
+        torch.device("cpu"),
+        False,
+        config=QRSamplerConfig(entropy_source_type="mock_uniform"),
+    ).close()
