@@ -45,7 +45,7 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _sync_count import SyncCounter  # noqa: E402
+from _sync_count import SyncCounter
 
 FAILURES: list[str] = []
 
@@ -283,10 +283,8 @@ def records_and_logprobs(model: str, smoke: bool) -> None:
     check(bad == 0, f"one record per token, numbered by position ({bad} requests wrong)")
 
     print("\n(6) raw logprobs of qr-sampled tokens")
-    chosen = [
-        lp[tok].logprob
-        for tok, lp in zip(lp_outs[0].outputs[0].token_ids, lp_outs[0].outputs[0].logprobs or [])
-    ]
+    out = lp_outs[0].outputs[0]
+    chosen = [lp[tok].logprob for tok, lp in zip(out.token_ids, out.logprobs or [], strict=False)]
     print(f"  chosen tokens' logprobs: {[round(x, 3) for x in chosen]}")
     check(
         len(chosen) == 8 and all(math.isfinite(x) and x < 0 for x in chosen),
