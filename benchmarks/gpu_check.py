@@ -204,7 +204,7 @@ def _ms_per_step(llm: Any, batch: int, tokens: int, extra: dict[str, Any] | None
 
 
 def timing(model: str, smoke: bool) -> None:
-    from qr_vllm._engine import closing_engine, environment
+    from qr_vllm.demo._engine import closing_engine, environment
 
     batches = (1, 4) if smoke else (1, 64)
     tokens = 8 if smoke else 128
@@ -227,7 +227,7 @@ def timing(model: str, smoke: bool) -> None:
 
 
 def records_and_logprobs(model: str, smoke: bool) -> None:
-    from qr_vllm._engine import closing_engine, environment, read_records
+    from qr_vllm.demo._engine import closing_engine, environment, read_records
     from vllm import SamplingParams
 
     path = Path(tempfile.mkdtemp()) / "records.jsonl"
@@ -307,7 +307,7 @@ def main() -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="reduced, on the CPU")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
-    from qr_vllm import build_tiny_model
+    from qr_vllm.demo import build_tiny_model
 
     started = time.monotonic()
     model = str(build_tiny_model())

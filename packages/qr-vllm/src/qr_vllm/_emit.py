@@ -1,8 +1,8 @@
 """Record emission: a step's outcome handed to the records logger as one `StepRecords`.
 
-The step builds no object per token: it passes arrays for its rows (the
-``(rows, 9)`` values of a sampled step, or the stop tokens of a failed one) and
-the fetch's provenance; the logger's writer thread makes the records.
+The step builds no object per token: it passes arrays for its rows (the values
+of a sampled step, one `Column` each, or the stop tokens of a failed one) and the
+fetch's provenance; the logger's writer thread makes the records.
 
 On an accelerator the step's statistics (token, rank, probability, candidates,
 temperature, entropy) are still on their way to the host when the step ends: a
@@ -27,13 +27,13 @@ from qr_entropy import EntropySource, Provenance
 from qr_vllm._failure import stop_tokens
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import RowSet
-from qr_vllm._records import RecordStatus, StepRecords
+from qr_vllm._records import DEVICE_COLUMNS, Column, RecordStatus, StepRecords
 
 __all__ = ["PendingStats", "RecordEmitter", "StepTimes"]
 
 
 class PendingStats(Protocol):
-    """A step's ``(rows, 6)`` statistics on their way to the host."""
+    """A step's `DEVICE_COLUMNS` statistics on their way to the host."""
 
     def wait(self) -> np.ndarray:
         """The statistics, once they are on the host (waits for the device)."""
@@ -89,10 +89,10 @@ class RecordEmitter:
         times: StepTimes | None = None,
         pending: PendingStats | None = None,
     ) -> None:
-        """Records of rows sampled with entropy; ``values`` is ``(rows, 9)`` float64.
+        """Records of rows sampled with entropy; ``values`` has one `Column` each.
 
-        With ``pending``, its ``(rows, 6)`` statistics fill ``values[:, :6]`` once
-        they reach the host (on the emitter's thread).
+        With ``pending``, its statistics fill the `DEVICE_COLUMNS` once they reach
+        the host (on the emitter's thread).
         """
         if not self.enabled:
             return
@@ -101,8 +101,8 @@ class RecordEmitter:
 
         def emit() -> None:
             if pending is not None:
-                values[:, :6] = pending.wait()
-            tokens = values[:, 0].astype(np.int64)
+                values[:, DEVICE_COLUMNS] = pending.wait()
+            tokens = values[:, Column.TOKEN_ID].astype(np.int64)
             self._emit(
                 rows,
                 seqs,

@@ -1,4 +1,4 @@
-"""Engine configurations the processor refuses to start under, and its start-up sizing.
+"""Engine settings: what the processor refuses to start under, its start-up sizing, sync checks.
 
 Checked when vLLM builds the processor in the engine process, so a refused
 configuration stops the engine at start with a message that says what to
@@ -8,11 +8,16 @@ design note "Host syncs" and the README's GPU notes).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from qr_vllm._errors import UnsupportedEngineError
 
-__all__ = ["check_engine", "engine_limits"]
+__all__ = ["check_engine", "engine_limits", "reserve_scratch", "sync_allowed_factory"]
+
+logger = logging.getLogger("qr_sampler")
 
 #: vLLM's logprobs modes computed after the logits processors: they would see one-hot rows.
 PROCESSED_MODES = ("processed_logits", "processed_logprobs")
@@ -64,3 +69,35 @@ def engine_limits(vllm_config: Any, req_states: Any | None) -> tuple[int, int] |
     if not isinstance(rows, int) or not isinstance(vocab, int) or rows < 1 or vocab < 1:
         return None
     return rows, vocab
+
+
+def reserve_scratch(sampler: Any, vllm_config: Any, req_states: Any | None) -> None:
+    """Allocate the step's scratch for the engine's largest step now, and log its size.
+
+    Held from start-up, before vLLM sizes its KV cache from what is left (see
+    ARCHITECTURE.md, design note "Host syncs"). Nothing when vLLM does not say.
+    """
+    limits = engine_limits(vllm_config, req_states)
+    if limits is None:
+        return
+    import torch  # noqa: PLC0415 - the engine process has it; this module's import stays light
+
+    rows, vocab = limits
+    nbytes = sampler.reserve(rows, vocab, torch.float32)
+    logger.info(
+        "qr-sampler scratch: %.1f MiB for %d rows of %d logits on %s",
+        nbytes / 2**20,
+        rows,
+        vocab,
+        sampler.device,
+    )
+
+
+def sync_allowed_factory() -> Callable[[], AbstractContextManager[Any]]:
+    """vLLM's ``gpu_sync_allowed``, under which the step's deliberate syncs pass
+    ``VLLM_GPU_SYNC_CHECK`` (see ARCHITECTURE.md, design note "Host syncs")."""
+    try:
+        from vllm.utils.gpu_sync_debug import gpu_sync_allowed  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - every supported vLLM has it
+        return nullcontext
+    return gpu_sync_allowed

@@ -53,6 +53,7 @@ from qr_vllm._emit import RecordEmitter, StepTimes
 from qr_vllm._fetch import Fetcher, ReadyEvent, amplify
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import BatchPlan, build_plan, plan_key
+from qr_vllm._records import DEVICE_COLUMNS, N_VALUE_COLUMNS, Column
 from qr_vllm._slots import SlotTable
 from qr_vllm._tp import exchange_for
 
@@ -228,21 +229,22 @@ class BatchSampler:
         token_ids = as_tensor(sel.token_id, logits)
         force(logits, dev.rows, token_ids)
 
+        # The device columns, in Column order.
         stats = torch.stack(
             [
-                token_ids.to(torch.float64),
-                as_tensor(sel.token_rank, logits).to(torch.float64),
-                as_tensor(sel.token_prob, logits).to(torch.float64),
-                as_tensor(sel.num_candidates, logits).to(torch.float64),
-                temperature.to(torch.float64),
-                entropy.to(torch.float64),
+                token_ids.to(torch.float64),  # Column.TOKEN_ID
+                as_tensor(sel.token_rank, logits).to(torch.float64),  # TOKEN_RANK
+                as_tensor(sel.token_prob, logits).to(torch.float64),  # TOKEN_PROB
+                as_tensor(sel.num_candidates, logits).to(torch.float64),  # NUM_CANDIDATES
+                temperature.to(torch.float64),  # TEMPERATURE
+                entropy.to(torch.float64),  # SHANNON_ENTROPY
             ],
             dim=1,
         )
-        values = np.empty((rows, 9), dtype=np.float64)
-        values[:, 6] = u
-        values[:, 7] = z
-        values[:, 8] = mean
+        values = np.empty((rows, N_VALUE_COLUMNS), dtype=np.float64)
+        values[:, Column.U] = u
+        values[:, Column.Z_SCORE] = z
+        values[:, Column.SAMPLE_MEAN] = mean
         times = StepTimes(fetched.logits_ready_ns, fetched.requested_ns)
         seqs = self._sequence_numbers(plan.sampled.rows)
         if self.device_path:
@@ -257,7 +259,7 @@ class BatchSampler:
                 pending=self._ring.put(stats),
             )
         else:
-            values[:, :6] = stats.numpy()
+            values[:, DEVICE_COLUMNS] = stats.numpy()
             self._records.sampled(
                 plan.sampled, values, prov, latency, sequence_numbers=seqs, times=times
             )

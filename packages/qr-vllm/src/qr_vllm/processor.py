@@ -1,7 +1,8 @@
 """`QRSamplerLogitsProcessor`: the vLLM plugin, for both model runners.
 
 vLLM finds the class through the ``vllm.logits_processors`` entry point
-``qr_sampler``. The one class implements both interfaces (ERRATA §8):
+``qr_sampler``. The one class implements both interfaces (see ARCHITECTURE.md,
+design note "Runner V1 and runner V2"):
 
 * runner V1 (CPU, older GPUs) builds it as ``cls(vllm_config, device,
   is_pin_memory)`` and calls ``update_state(batch_update)`` then ``apply(logits)``;
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import weakref
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -34,8 +35,10 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2Log
 
 from qr_vllm._compat import check_vllm_version
 from qr_vllm._config import QRSamplerConfig
-from qr_vllm._guards import check_engine, engine_limits
+from qr_vllm._guards import check_engine, reserve_scratch, sync_allowed_factory
 from qr_vllm._logger import SamplingLogger
+from qr_vllm._metrics import SamplerMetrics
+from qr_vllm._metrics_export import start_metrics, unregister
 from qr_vllm._records import RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
 from qr_vllm._sampler import BatchSampler
@@ -117,19 +120,21 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             runner,
             tp_group=tp_group,
             device_path=device_path,
-            sync_allowed=_sync_allowed(),
+            sync_allowed=sync_allowed_factory(),
         )
-        limits = engine_limits(vllm_config, req_states)
-        if limits is not None:
-            # Held from start-up, before vLLM sizes its cache from what is left.
-            nbytes = self._sampler.reserve(limits[0], limits[1], torch.float32)
-            logger.info(
-                "qr-sampler scratch: %.1f MiB for %d rows of %d logits on %s",
-                nbytes / 2**20,
-                limits[0],
-                limits[1],
-                device,
+        reserve_scratch(self._sampler, vllm_config, req_states)
+        # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
+        self._metrics: SamplerMetrics | None = None
+        if not follower:
+            sampler = self._sampler  # not self: the metrics must not keep the processor alive
+            self._metrics = start_metrics(
+                self.config,
+                vllm_config,
+                self._source,
+                lambda: sampler.failed_requests,
+                self.sampling_logger.sink,
             )
+            self.sampling_logger.metrics = self._metrics
         self._serials = itertools.count(1)
         self._finalizer = weakref.finalize(
             self,
@@ -137,6 +142,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self._sampler,
             self.sampling_logger,
             self._source,
+            self._metrics,
         )
         if follower:
             assert tp_group is not None
@@ -180,7 +186,10 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         return False
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        """Apply vLLM's batch changes in its order: removed, added, moved (ERRATA §3)."""
+        """Apply vLLM's batch changes in its order: removed, added, moved.
+
+        See ARCHITECTURE.md, design note "Runner V1 batch updates".
+        """
         if batch_update is None:
             return
         slots = self._sampler.slots
@@ -224,9 +233,17 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         Returns:
             ``logits`` itself.
         """
+        metrics = self._metrics
+        started = time.perf_counter_ns() if metrics is not None else 0
         if ctx is None:
             self._sampler.sample(logits)
-            return logits
+        else:
+            self._apply_v2(logits, ctx)
+        if metrics is not None:
+            metrics.observe_step_time((time.perf_counter_ns() - started) / 1e9)
+        return logits
+
+    def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> None:
         mapping = ctx.idx_mapping_np
         if int(logits.shape[0]) != len(mapping):
             # Several rows per request (speculative decoding): the host copy of the
@@ -234,12 +251,11 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             with self._sampler.sync_allowed():
                 mapping = ctx.expanded_idx_mapping.cpu().numpy()
             self._sampler.sample(logits, np.asarray(mapping))
-            return logits
+            return
         slots, positions = self._v2.rows(
             np.asarray(mapping, dtype=np.int64), ctx.seq_lens_upper_bound_np
         )
         self._sampler.sample(logits, slots, positions)
-        return logits
 
     # --- introspection -----------------------------------------------------------
 
@@ -266,8 +282,13 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
 
     @staticmethod
     def _release(
-        sampler: BatchSampler, sampling_logger: SamplingLogger, source: EntropySource
+        sampler: BatchSampler,
+        sampling_logger: SamplingLogger,
+        source: EntropySource,
+        metrics: SamplerMetrics | None,
     ) -> None:
+        if metrics is not None:
+            unregister(metrics)
         sampler.close()
         sampling_logger.close()
         source.close()
@@ -307,15 +328,6 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         if failure:
             self._sampler.failed_requests += 1
         return state
-
-
-def _sync_allowed() -> Callable[[], AbstractContextManager[Any]]:
-    """vLLM's ``gpu_sync_allowed``: the step's deliberate syncs pass ``VLLM_GPU_SYNC_CHECK``."""
-    try:
-        from vllm.utils.gpu_sync_debug import gpu_sync_allowed  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - every supported vLLM has it
-        return nullcontext
-    return gpu_sync_allowed
 
 
 def _tensor_parallel_group() -> Any | None:
