@@ -242,7 +242,7 @@ def records_and_logprobs(model: str, smoke: bool) -> None:
             enable_chunked_prefill=True,
             max_num_batched_tokens=32,
             max_num_seqs=n,
-            block_size=16,
+            block_size=32,
             max_model_len=128,
             num_gpu_blocks_override=10 if smoke else 24,
             disable_log_stats=False,
