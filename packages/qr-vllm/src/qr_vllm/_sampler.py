@@ -179,10 +179,12 @@ class BatchSampler:
         step's math also runs once on zero logits, so that qr_core's own scratch
         buffers exist too (their bytes are counted through the device's allocator).
         """
-        probe = torch.zeros((rows, vocab), dtype=dtype, device=self.device)
-        self._buffers.ensure(rows, probe)
+        self._buffers.ensure(rows, torch.empty((1, vocab), dtype=dtype, device=self.device))
         self._ring.reserve(rows)
-        extra = warm_up(self.selector, probe) if self.device_path else 0
+        if not self.device_path:
+            return self._buffers.nbytes() + self._ring.nbytes()
+        probe = torch.zeros((rows, vocab), dtype=dtype, device=self.device)
+        extra = warm_up(self.selector, probe)
         return self._buffers.nbytes() + self._ring.nbytes() + extra
 
     def flush_records(self) -> None:
