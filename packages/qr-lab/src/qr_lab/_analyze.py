@@ -20,7 +20,7 @@ from qr_lab._stats import (
     stouffer,
 )
 
-__all__ = ["analyze_run", "analyze_table", "finished_trials"]
+__all__ = ["analyze_loaded", "analyze_run", "analyze_table", "finished_trials"]
 
 _FLAG = {
     "superseded_prefill": "superseded",
@@ -39,7 +39,11 @@ def finished_trials(run_dir: Path) -> list[dict[str, Any]]:
 
 def analyze_run(run_dir: str | Path, *, calibration: bool = True) -> dict[str, Any]:
     """Analyze a run directory as its registered study declares; returns the result as JSON data."""
-    run_dir = Path(run_dir)
+    return analyze_loaded(Path(run_dir), calibration=calibration)[0]
+
+
+def analyze_loaded(run_dir: Path, *, calibration: bool = True) -> tuple[dict[str, Any], RunTable]:
+    """`analyze_run`, and the loaded table (with its ``used`` view) for the report's plots."""
     manifest = read_manifest(run_dir)
     trials = finished_trials(run_dir)
     table = load_tokens([run_dir / RECORDS_DIR], trials, run_dir)
@@ -52,7 +56,7 @@ def analyze_run(run_dir: str | Path, *, calibration: bool = True) -> dict[str, A
         "failed_requests": sum(1 for t in trials if t.get("status") != "ok"),
         "blinding": manifest["blinding"],
     }
-    return result
+    return result, table
 
 
 def _usable(exclude: list[str]) -> str:
