@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1: an error, printed; 2: bad usage)."""
     args = _parser().parse_args(argv)
-    console = Console(stderr=True)
+    # Messages are not wrapped: they hold paths and field names that must stay whole.
+    console = Console(stderr=True, soft_wrap=True)
     try:
         return _dispatch(args, console)
     except QRLabError as exc:
