@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from _simulate import study_file
-
 from qr_lab import RegistrationError, load_study
 from qr_lab._register import check_registered, register, registration_path
 from qr_lab._runner import RunOptions, run_study

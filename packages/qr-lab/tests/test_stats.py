@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _simulate import simulate_run, study_file
-from scipy import stats
-
 from qr_lab import analyze_run
 from qr_lab._calibrate import binomial_interval
 from qr_lab._export import export_parquet
 from qr_lab._plan import read_manifest
 from qr_lab.cli import main
+from scipy import stats
 
 SMALL = {"trials_per_condition = 10": "trials_per_condition = 6", "planned_tokens = 160": ""}
 

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 from _simulate import EXAMPLE, study_file
-
-from qr_lab import StudyError, load_study
-from qr_lab import _admission
+from qr_lab import StudyError, _admission, load_study
 from qr_lab.cli import main
 
 
