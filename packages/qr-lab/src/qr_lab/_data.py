@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["COLUMNS", "RunTable", "load_tokens", "record_files"]
+__all__ = ["COLUMNS", "RunTable", "all_fields", "load_tokens", "record_files"]
 
 #: The record fields qr-lab reads, with their DuckDB types.
 COLUMNS: dict[str, str] = {
@@ -79,6 +79,26 @@ def _select(con: duckdb.DuckDBPyConnection, jsonl: list[str], parquet: list[str]
     return " UNION ALL BY NAME ".join(parts)
 
 
+def all_fields(con: duckdb.DuckDBPyConnection, jsonl: list[str], parquet: list[str]) -> str:
+    """A query of every field of every record (any schema), the file kept as ``source_file``."""
+    parts = []
+    if jsonl:
+        files = "[" + ", ".join(_quote(f) for f in jsonl) + "]"
+        parts.append(
+            f"SELECT * RENAME (filename AS source_file) FROM read_json({files}, "
+            "format='newline_delimited', union_by_name=true, filename=true)"
+        )
+    if parquet:
+        files = "[" + ", ".join(_quote(f) for f in parquet) + "]"
+        source = f"read_parquet({files}, union_by_name=true, filename=true)"
+        present = {row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        if "source_file" in present:  # a qr-lab export: keep the original file
+            parts.append(f"SELECT * EXCLUDE (filename) FROM {source}")
+        else:
+            parts.append(f"SELECT * RENAME (filename AS source_file) FROM {source}")
+    return " UNION ALL BY NAME ".join(parts)
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -86,11 +106,11 @@ def _quote(text: str) -> str:
 class RunTable:
     """A DuckDB connection holding ``tok``: one row per record of the run's trials.
 
-    Columns: the record fields, ``filename``, ``cond`` (condition), ``ord`` (trial
-    order), and the flags ``other_attempt`` (a request of a trial that did not
-    finish, superseded by its retry), ``superseded`` (a chunked-prefill record
-    replaced by a later one with the same sequence number), ``failed``,
-    ``fallback`` and ``unhealthy``.
+    Columns: the record fields the analysis uses, ``filename``, ``cond``
+    (condition), ``ord`` (trial order), and the flags: ``other_attempt`` (a
+    request of a trial that did not finish, superseded by its retry),
+    ``superseded`` (a chunked-prefill record replaced by a later one with the
+    same sequence number), ``failed``, ``fallback`` and ``unhealthy``.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -130,33 +150,72 @@ def load_tokens(
     if rows:
         con.executemany("INSERT INTO trials VALUES (?, ?, ?, ?)", rows)
     source = _select(con, jsonl, parquet)
+    # One pass over the records; every flag after it is computed per request (a few
+    # rows per trial), never with a window over all the tokens.
     con.execute(
         f"""
-        CREATE TEMP TABLE tok AS
-        WITH r AS (
-            SELECT s.*, t.cond, t.ord, t.rec_file
-            FROM ({source}) s JOIN trials t ON s.session = t.trial_id
-        ),
-        attempt AS (
-            SELECT session, coalesce(engine_id, filename) AS eng, max(request_serial) AS last
-            FROM r WHERE rec_file IS NULL OR filename = rec_file
-            GROUP BY ALL
-        )
-        SELECT r.* EXCLUDE (rec_file),
-            a.last IS NULL OR r.request_serial <> a.last AS other_attempt,
-            coalesce(
-                lead(r.timestamp_ns) OVER (
-                    PARTITION BY coalesce(r.engine_id, r.filename), r.request_serial,
-                        r.sequence_number
-                    ORDER BY r.timestamp_ns
-                ) IS NOT NULL,
-                false
-            ) AS superseded,
-            coalesce(r.status, 'ok') <> 'ok' AS failed,
-            coalesce(r.is_fallback, false) AS fallback,
-            coalesce(r.health, 'ok') = 'failed' AS unhealthy
-        FROM r LEFT JOIN attempt a
-            ON r.session = a.session AND coalesce(r.engine_id, r.filename) = a.eng
+        CREATE TEMP TABLE raw AS
+        SELECT s.session, s.request_serial, s.sequence_number, s.timestamp_ns, s.u, s.z_score,
+            s.token_prob, s.shannon_entropy, s.entropy_fetch_ms, s.filename,
+            coalesce(s.engine_id, '') AS engine_id, t.cond, t.ord,
+            coalesce(s.status, 'ok') <> 'ok' AS failed,
+            coalesce(s.is_fallback, false) AS fallback,
+            coalesce(s.health, 'ok') = 'failed' AS unhealthy
+        FROM ({source}) s JOIN trials t ON s.session = t.trial_id
         """
     )
+    con.execute(
+        """
+        CREATE TEMP TABLE req AS
+        SELECT session, filename, engine_id, request_serial,
+               count(*) AS n, max(sequence_number) AS top
+        FROM raw GROUP BY ALL
+        """
+    )
+    # The finished attempt of a trial: its last request in the engine that finished it.
+    con.execute(
+        """
+        CREATE TEMP TABLE finished AS
+        SELECT r.session, arg_max(r.filename, r.request_serial) AS filename,
+            arg_max(r.engine_id, r.request_serial) AS engine_id, max(r.request_serial) AS rs
+        FROM req r JOIN trials t ON r.session = t.trial_id
+        WHERE t.rec_file IS NULL OR r.filename = t.rec_file
+        GROUP BY r.session
+        """
+    )
+    # Chunked prefill: a request with more records than sequence numbers holds records
+    # that a later one with the same number superseded (the last one by time is kept).
+    con.execute(
+        """
+        CREATE TEMP TABLE sup AS
+        WITH dup AS (
+            SELECT r.* FROM raw r SEMI JOIN (SELECT * FROM req WHERE n > top + 1) q
+                ON r.filename = q.filename AND r.engine_id = q.engine_id
+                AND r.request_serial = q.request_serial
+        )
+        SELECT filename, engine_id, request_serial, sequence_number, timestamp_ns FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY filename, engine_id, request_serial, sequence_number
+                ORDER BY timestamp_ns DESC
+            ) AS k FROM dup
+        ) WHERE k > 1
+        """
+    )
+    con.execute(
+        """
+        CREATE TEMP TABLE tok AS
+        SELECT r.*,
+            f.session IS NULL AS other_attempt,
+            s.filename IS NOT NULL AS superseded
+        FROM raw r
+        LEFT JOIN finished f
+            ON r.session = f.session AND r.filename = f.filename
+            AND r.engine_id = f.engine_id AND r.request_serial = f.rs
+        LEFT JOIN sup s
+            ON r.filename = s.filename AND r.engine_id = s.engine_id
+            AND r.request_serial = s.request_serial
+            AND r.sequence_number = s.sequence_number AND r.timestamp_ns = s.timestamp_ns
+        """
+    )
+    con.execute("DROP TABLE raw")
     return RunTable(con)

@@ -28,6 +28,9 @@ __all__ = [
 Alternative = Literal["greater", "less", "two-sided"]
 FloatArray = npt.NDArray[np.float64]
 
+#: Cells of one block of random splits (8 bytes each: 32 MiB).
+_BLOCK_CELLS = 4 * 1024 * 1024
+
 
 def alternative_for(sidedness: str, predicted: str) -> Alternative:
     """The alternative hypothesis of a test: the predicted direction, or two-sided."""
@@ -109,9 +112,16 @@ def permutation_difference(
             masks[row, list(chosen)] = True
         sums = masks.astype(np.float64) @ pooled
     else:
-        keys = rng.random((n_resamples, n))
-        order = np.argsort(keys, axis=1)[:, :k]
-        sums = pooled[order].sum(axis=1)
+        # Random splits in blocks (bounded memory): a shuffled 0/1 row selects the test trials.
+        base = np.zeros(n, dtype=np.float64)
+        base[:k] = 1.0
+        block = max(1, _BLOCK_CELLS // n)
+        sums = np.concatenate(
+            [
+                rng.permuted(np.tile(base, (min(block, n_resamples - i), 1)), axis=1) @ pooled
+                for i in range(0, n_resamples, block)
+            ]
+        )
     null = sums / k - (total - sums) / (n - k)
     # A relative tolerance so that splits equal to the observed one count as equal.
     gamma = abs(observed) * np.finfo(np.float64).eps * 100
