@@ -133,6 +133,8 @@ def run_study(study_path: Path, options: RunOptions, console: Console | None = N
                 records_file=records_file,
                 summary=summary,
             )
+            if records_file is not None:
+                _await_records(run_dir, records_file, log)
     if options.engine_records is not None:
         collect_records(run_dir, options.engine_records)
     return summary
@@ -216,6 +218,33 @@ def _send(
             f"the engine at {endpoint} failed: {errors[0]}; the finished trials are kept, "
             "run the same command again to resume"
         )
+
+
+def _await_records(
+    run_dir: Path, records_file: str, log: TrialsLog, timeout_s: float = 60.0
+) -> None:
+    """Wait until the engine's records of the trials it finished are on disk.
+
+    The engine writes records from a background thread, a moment after the
+    response; stopping it first could lose the last trial's records.
+    """
+    expected: dict[str, int] = {
+        e["trial_id"]: int(e.get("completion_tokens", 0))
+        for e in log.read().values()
+        if e.get("records_file") == records_file and e.get("status") == "ok"
+    }
+    path = run_dir / records_file
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen: dict[str, int] = {}
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    session = json.loads(line).get("session")
+                    seen[session] = seen.get(session, 0) + 1
+        if all(seen.get(t, 0) >= n for t, n in expected.items()):
+            return
+        time.sleep(0.2)
 
 
 def collect_records(run_dir: Path, engine_records: Path) -> int:
