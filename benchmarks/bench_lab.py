@@ -5,7 +5,7 @@ Run in the uv environment (qr-lab needs no torch and no vLLM):
     uv run --frozen --no-sync python benchmarks/bench_lab.py            # 10,000,000 records
     uv run --frozen --no-sync python benchmarks/bench_lab.py --quick    # 1,000,000 records
 
-It writes one synthetic run directory (2 conditions, trials of 1,000 tokens,
+It writes one synthetic run directory (2 conditions, trials of 10,000 tokens,
 records with every field qr-lab reads, 1% fallback tokens) in each format with
 DuckDB, then times the whole analysis (``analyze_run``: exclusions, Stouffer
 Z, χ², KS of u, the permutation test; the calibration, whose cost does not
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _table import print_table
 
-TOKENS_PER_TRIAL = 1000
+TOKENS_PER_TRIAL = 10_000
 
 
 def _study(trials_per_condition: int) -> dict[str, object]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from qr_lab._calibrate import calibrate
-from qr_lab._data import RunTable, load_tokens
+from qr_lab._data import RunTable, insert_rows, load_tokens
 from qr_lab._plan import RECORDS_DIR, TrialsLog, read_manifest
 from qr_lab._stats import (
     alternative_for,
@@ -46,7 +46,8 @@ def analyze_loaded(run_dir: Path, *, calibration: bool = True) -> tuple[dict[str
     """`analyze_run`, and the loaded table (with its ``used`` view) for the report's plots."""
     manifest = read_manifest(run_dir)
     trials = finished_trials(run_dir)
-    table = load_tokens([run_dir / RECORDS_DIR], trials, run_dir)
+    names = [c["name"] for c in manifest["study"]["conditions"]]
+    table = load_tokens([run_dir / RECORDS_DIR], trials, run_dir, names)
     result = analyze_table(table, manifest["study"], trials, calibration=calibration)
     result["run"] = {
         "directory": str(run_dir.resolve()),
@@ -61,7 +62,7 @@ def analyze_loaded(run_dir: Path, *, calibration: bool = True) -> tuple[dict[str
 
 def _usable(exclude: list[str]) -> str:
     flags = ["other_attempt", *(_FLAG[e] for e in exclude)]
-    return "NOT (" + " OR ".join(flags) + ") AND z_score IS NOT NULL AND u IS NOT NULL"
+    return "NOT (" + " OR ".join(flags) + ") AND valid"
 
 
 def _exclusion_counts(table: RunTable, exclude: list[str], conditions: list[str]) -> dict[str, Any]:
@@ -71,8 +72,8 @@ def _exclusion_counts(table: RunTable, exclude: list[str], conditions: list[str]
         done.append(_FLAG[name])
         steps.append((name, "NOT (" + " OR ".join(done) + ")"))
     steps.append(("missing_values", _usable(exclude)))
-    selects = ", ".join(f"count(*) FILTER (WHERE {cond})" for _, cond in steps)
-    rows = {r[0]: r[1:] for r in table.sql(f"SELECT cond, {selects} FROM tok GROUP BY cond")}
+    selects = ", ".join(f"coalesce(sum(n) FILTER (WHERE {cond}), 0)" for _, cond in steps)
+    rows = {r[0]: r[1:] for r in table.sql(f"SELECT cond, {selects} FROM grpf GROUP BY cond")}
     out: dict[str, Any] = {}
     for c in conditions:
         counts = rows.get(c, (0,) * len(steps))
@@ -85,37 +86,45 @@ def _exclusion_counts(table: RunTable, exclude: list[str], conditions: list[str]
     return out
 
 
-def _cut(
+def _trials(
     table: RunTable, usable: str, planned: int | None
-) -> tuple[dict[str, int | None], dict[str, int]]:
-    """Per trial the last admitted sequence number (None: all), and tokens beyond the plan."""
-    rows = table.sql(f"SELECT cond, session, ord, count(*) FROM tok WHERE {usable} GROUP BY ALL")
+) -> tuple[list[tuple[str, str, int, int, float, float]], dict[str, int | None], dict[str, int]]:
+    """Per trial its usable tokens within the plan: (cond, session, order, n, Σz, Σz²).
+
+    Also per trial the last admitted sequence number (None: all, -1: none) and
+    per condition the tokens beyond the plan. Trials count in their planned order.
+    """
+    rows = table.sql(
+        f"SELECT cond, session, ord, sum(n), sum(sz), sum(szz) FROM grpf WHERE {usable} "
+        "GROUP BY ALL ORDER BY ord"
+    )
+    kept: list[tuple[str, str, int, int, float, float]] = []
     limit: dict[str, int | None] = {}
     beyond: dict[str, int] = {}
-    by_cond: dict[str, list[tuple[int, str, int]]] = {}
-    for cond, session, order, n in rows:
-        by_cond.setdefault(cond, []).append((order, session, n))
-    for cond, items in by_cond.items():
-        items.sort()
-        left = planned if planned is not None else math.inf
-        beyond[cond] = 0
-        for _, session, n in items:
-            if left >= n:
-                limit[session] = None
-                left -= n
-            elif left > 0:
-                seqs = table.sql(
-                    f"SELECT sequence_number FROM tok WHERE {usable} AND session = ? "
-                    "ORDER BY sequence_number LIMIT ?",
-                    [session, int(left)],
-                )
-                limit[session] = int(seqs[-1][0])
-                beyond[cond] += n - int(left)
-                left = 0
-            else:
-                limit[session] = -1
-                beyond[cond] += n
-    return limit, beyond
+    left: dict[str, float] = {}
+    for cond, session, order, n, sz, szz in rows:
+        room = left.setdefault(cond, planned if planned is not None else math.inf)
+        beyond.setdefault(cond, 0)
+        if room >= n:
+            kept.append((cond, session, int(order), int(n), float(sz), float(szz)))
+            limit[session] = None
+            left[cond] = room - n
+        elif room > 0:
+            take = int(room)
+            first = table.sql(
+                f"SELECT sequence_number, z_score FROM tok WHERE {usable} AND session = ? "
+                "ORDER BY sequence_number LIMIT ?",
+                [session, take],
+            )
+            z = [float(r[1]) for r in first]
+            kept.append((cond, session, int(order), take, sum(z), sum(x * x for x in z)))
+            limit[session] = int(first[-1][0])
+            beyond[cond] += int(n) - take
+            left[cond] = 0
+        else:
+            limit[session] = -1
+            beyond[cond] += int(n)
+    return kept, limit, beyond
 
 
 def analyze_table(
@@ -131,15 +140,14 @@ def analyze_table(
     predicted = {c["name"]: c.get("predicted", "none") for c in study["conditions"]}
     usable = _usable(spec["exclude"])
     exclusions = _exclusion_counts(table, spec["exclude"], conditions)
-    limit, beyond = _cut(table, usable, spec["planned_tokens"])
+    per_trial, limit, beyond = _trials(table, usable, spec["planned_tokens"])
     table.con.execute("CREATE OR REPLACE TEMP TABLE cut (session VARCHAR, max_seq BIGINT)")
     cut_rows = [(s, m) for s, m in limit.items() if m is not None]
-    if cut_rows:
-        table.con.executemany("INSERT INTO cut VALUES (?, ?)", cut_rows)
-    final = f"{usable} AND (c.max_seq IS NULL OR sequence_number <= c.max_seq)"
+    insert_rows(table.con, "cut", ["VARCHAR", "BIGINT"], cut_rows)
     table.con.execute(
         f"CREATE OR REPLACE TEMP VIEW used AS SELECT tok.* FROM tok "
-        f"LEFT JOIN cut c ON tok.session = c.session WHERE {final}"
+        f"LEFT JOIN cut c ON tok.session = c.session "
+        f"WHERE {usable} AND (c.max_seq IS NULL OR sequence_number <= c.max_seq)"
     )
     for c in conditions:
         n_after = exclusions[c][-1]["remaining"]
@@ -147,16 +155,17 @@ def analyze_table(
             {"step": "beyond_plan", "remaining": n_after - beyond.get(c, 0),
              "excluded": beyond.get(c, 0)}
         )  # fmt: skip
-    per_trial = table.sql(
-        "SELECT cond, session, ord, count(*), sum(z_score), sum(z_score * z_score) "
-        "FROM used GROUP BY ALL ORDER BY ord"
-    )
+    # Every usable u in one pass, split by condition here.
+    fetched = table.con.execute("SELECT cix, u FROM used").fetchnumpy()
+    cix = np.asarray(fetched["cix"])
+    all_u = np.asarray(fetched["u"], dtype=np.float64)
     seed = int(study["design"]["seed"])
     result: dict[str, Any] = {"study": study["study"]["name"], "conditions": {}}
     trial_means: dict[str, np.ndarray] = {}
     trial_counts: dict[str, list[int]] = {}
     for c in conditions:
         mine = [r for r in per_trial if r[0] == c]
+        u = all_u[cix == conditions.index(c)]
         n = sum(int(r[3]) for r in mine)
         total = float(sum(r[4] for r in mine))
         total_sq = float(sum(r[5] for r in mine))
@@ -164,8 +173,7 @@ def analyze_table(
         big_z, p = stouffer(total, n, alt)
         seg = np.array([r[4] / math.sqrt(r[3]) for r in mine], dtype=np.float64)
         chi2, df, chi2_p = chi2_segments(seg)
-        u = table.con.execute("SELECT u FROM used WHERE cond = ?", [c]).fetchnumpy()["u"]
-        ks_d, ks_p = ks_uniform(np.asarray(u, dtype=np.float64))
+        ks_d, ks_p = ks_uniform(u)
         trial_means[c] = np.array([r[4] / r[3] for r in mine], dtype=np.float64)
         trial_counts[c] = [int(r[3]) for r in mine]
         result["conditions"][c] = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["COLUMNS", "RunTable", "all_fields", "load_tokens", "record_files"]
+__all__ = ["COLUMNS", "RunTable", "all_fields", "insert_rows", "load_tokens", "record_files"]
 
 #: The record fields qr-lab reads, with their DuckDB types.
 COLUMNS: dict[str, str] = {
@@ -99,18 +99,34 @@ def all_fields(con: duckdb.DuckDBPyConnection, jsonl: list[str], parquet: list[s
     return " UNION ALL BY NAME ".join(parts)
 
 
+def insert_rows(
+    con: duckdb.DuckDBPyConnection, table: str, types: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert many rows in one statement (lists as parameters; executemany is per row)."""
+    if not rows:
+        return
+    columns = [list(col) for col in zip(*rows, strict=True)]
+    unnest = ", ".join(f"unnest(?::{t}[])" for t in types)
+    con.execute(f"INSERT INTO {table} SELECT {unnest}", columns)
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 class RunTable:
-    """A DuckDB connection holding ``tok``: one row per record of the run's trials.
+    """A DuckDB connection over a run's records, read where they lie (no copy of the tokens).
 
-    Columns: the record fields the analysis uses, ``filename``, ``cond``
-    (condition), ``ord`` (trial order), and the flags: ``other_attempt`` (a
-    request of a trial that did not finish, superseded by its retry),
-    ``superseded`` (a chunked-prefill record replaced by a later one with the
-    same sequence number), ``failed``, ``fallback`` and ``unhealthy``.
+    Views: ``tok``, one row per record of the run's trials, with the record
+    fields the analysis uses, ``filename``, ``cond`` / ``cix`` (condition name
+    and index), ``ord`` (trial order) and the flags ``other_attempt`` (a request
+    of a trial that did not finish: its retry counts), ``superseded`` (a
+    chunked-prefill record replaced by a later one with the same sequence
+    number), ``failed``, ``fallback``, ``unhealthy`` and ``valid`` (z and u
+    present); ``grp``, the same counted per request and flag combination
+    (``n``, ``sz`` = Σz, ``szz`` = Σz²), small enough for every count of the
+    analysis. See ARCHITECTURE.md, design note "Trials, attempts and superseded
+    records in qr-lab".
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -121,56 +137,71 @@ class RunTable:
         return self.con.execute(query, params or []).fetchall()
 
 
+_KEY = "session, filename, engine_id, request_serial"
+_FLAGS = "failed, fallback, unhealthy, valid"
+
+
 def load_tokens(
-    files: Sequence[Path], trials: list[dict[str, Any]], run_dir: Path | None = None
+    files: Sequence[Path],
+    trials: list[dict[str, Any]],
+    run_dir: Path | None = None,
+    conditions: Sequence[str] = (),
 ) -> RunTable:
-    """Build the ``tok`` table from record files and the run's finished trials.
+    """Read the records of the run's finished trials.
 
     ``trials`` are dicts with ``trial_id``, ``condition``, ``order`` and
     ``records_file`` (the engine file that served the trial's finished attempt,
-    relative to ``run_dir``, or None when unknown).
+    relative to ``run_dir``, or None when unknown). One pass over the records
+    builds ``grp``; the other views read them again when queried.
     """
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
     jsonl, parquet = record_files(files)
+    names = list(conditions) or sorted({t["condition"] for t in trials})
     con.execute(
-        "CREATE TEMP TABLE trials (trial_id VARCHAR, cond VARCHAR, ord BIGINT, rec_file VARCHAR)"
+        "CREATE TEMP TABLE trials (trial_id VARCHAR, cond VARCHAR, cix INTEGER, ord BIGINT, "
+        "rec_file VARCHAR)"
     )
     rows = [
         (
             t["trial_id"],
             t["condition"],
+            names.index(t["condition"]),
             int(t["order"]),
             str((run_dir / t["records_file"]).resolve())
             if t.get("records_file") and run_dir is not None
             else None,
         )
         for t in trials
+        if t["condition"] in names
     ]
-    if rows:
-        con.executemany("INSERT INTO trials VALUES (?, ?, ?, ?)", rows)
-    source = _select(con, jsonl, parquet)
-    # One pass over the records; every flag after it is computed per request (a few
-    # rows per trial), never with a window over all the tokens.
+    insert_rows(con, "trials", ["VARCHAR", "VARCHAR", "INTEGER", "BIGINT", "VARCHAR"], rows)
     con.execute(
         f"""
-        CREATE TEMP TABLE raw AS
+        CREATE TEMP VIEW src AS
         SELECT s.session, s.request_serial, s.sequence_number, s.timestamp_ns, s.u, s.z_score,
             s.token_prob, s.shannon_entropy, s.entropy_fetch_ms, s.filename,
-            coalesce(s.engine_id, '') AS engine_id, t.cond, t.ord,
+            coalesce(s.engine_id, '') AS engine_id, t.cond, t.cix, t.ord,
             coalesce(s.status, 'ok') <> 'ok' AS failed,
             coalesce(s.is_fallback, false) AS fallback,
-            coalesce(s.health, 'ok') = 'failed' AS unhealthy
-        FROM ({source}) s JOIN trials t ON s.session = t.trial_id
+            coalesce(s.health, 'ok') = 'failed' AS unhealthy,
+            s.z_score IS NOT NULL AND s.u IS NOT NULL AS valid
+        FROM ({_select(con, jsonl, parquet)}) s JOIN trials t ON s.session = t.trial_id
+        """
+    )
+    # The one pass over every record: counts and sums per request and flag combination.
+    con.execute(
+        f"""
+        CREATE TEMP TABLE grp AS
+        SELECT {_KEY}, cond, cix, ord, false AS superseded, {_FLAGS},
+            count(*) AS n, sum(z_score) AS sz, sum(z_score * z_score) AS szz,
+            max(sequence_number) AS top
+        FROM src GROUP BY ALL
         """
     )
     con.execute(
-        """
-        CREATE TEMP TABLE req AS
-        SELECT session, filename, engine_id, request_serial,
-               count(*) AS n, max(sequence_number) AS top
-        FROM raw GROUP BY ALL
-        """
+        f"CREATE TEMP TABLE req AS SELECT {_KEY}, sum(n) AS n, max(top) AS top "
+        "FROM grp GROUP BY ALL"
     )
     # The finished attempt of a trial: its last request in the engine that finished it.
     con.execute(
@@ -183,39 +214,53 @@ def load_tokens(
         GROUP BY r.session
         """
     )
-    # Chunked prefill: a request with more records than sequence numbers holds records
-    # that a later one with the same number superseded (the last one by time is kept).
+    # Chunked prefill: only a request with more records than sequence numbers holds
+    # superseded records (the last record of a number, by time, is kept).
+    con.execute(f"CREATE TEMP TABLE suspect AS SELECT {_KEY} FROM req WHERE n > top + 1")
     con.execute(
-        """
+        f"""
         CREATE TEMP TABLE sup AS
-        WITH dup AS (
-            SELECT r.* FROM raw r SEMI JOIN (SELECT * FROM req WHERE n > top + 1) q
-                ON r.filename = q.filename AND r.engine_id = q.engine_id
-                AND r.request_serial = q.request_serial
-        )
-        SELECT filename, engine_id, request_serial, sequence_number, timestamp_ns FROM (
-            SELECT *, row_number() OVER (
-                PARTITION BY filename, engine_id, request_serial, sequence_number
-                ORDER BY timestamp_ns DESC
-            ) AS k FROM dup
+        SELECT {_KEY}, sequence_number, timestamp_ns FROM (
+            SELECT s.*, row_number() OVER (
+                PARTITION BY s.filename, s.engine_id, s.request_serial, s.sequence_number
+                ORDER BY s.timestamp_ns DESC
+            ) AS k
+            FROM src s SEMI JOIN suspect q USING ({_KEY})
         ) WHERE k > 1
         """
     )
     con.execute(
         """
-        CREATE TEMP TABLE tok AS
-        SELECT r.*,
-            f.session IS NULL AS other_attempt,
-            s.filename IS NOT NULL AS superseded
-        FROM raw r
-        LEFT JOIN finished f
-            ON r.session = f.session AND r.filename = f.filename
-            AND r.engine_id = f.engine_id AND r.request_serial = f.rs
-        LEFT JOIN sup s
-            ON r.filename = s.filename AND r.engine_id = s.engine_id
-            AND r.request_serial = s.request_serial
-            AND r.sequence_number = s.sequence_number AND r.timestamp_ns = s.timestamp_ns
+        CREATE TEMP VIEW tok AS
+        SELECT s.*, f.session IS NULL AS other_attempt, p.session IS NOT NULL AS superseded
+        FROM src s
+        LEFT JOIN finished f ON s.session = f.session AND s.filename = f.filename
+            AND s.engine_id = f.engine_id AND s.request_serial = f.rs
+        LEFT JOIN sup p ON s.filename = p.filename AND s.engine_id = p.engine_id
+            AND s.request_serial = p.request_serial AND s.sequence_number = p.sequence_number
+            AND s.timestamp_ns = p.timestamp_ns AND s.session = p.session
         """
     )
-    con.execute("DROP TABLE raw")
+    if con.execute("SELECT count(*) FROM suspect").fetchone() != (0,):
+        con.execute(
+            "DELETE FROM grp USING suspect q WHERE grp.session = q.session AND "
+            "grp.filename = q.filename AND grp.engine_id = q.engine_id AND "
+            "grp.request_serial = q.request_serial"
+        )
+        con.execute(
+            f"""
+            INSERT INTO grp
+            SELECT {_KEY}, cond, cix, ord, superseded, {_FLAGS},
+                count(*), sum(z_score), sum(z_score * z_score), max(sequence_number)
+            FROM tok SEMI JOIN suspect USING ({_KEY}) GROUP BY ALL
+            """
+        )
+    con.execute(
+        """
+        CREATE TEMP VIEW grpf AS
+        SELECT g.*, f.session IS NULL AS other_attempt FROM grp g
+        LEFT JOIN finished f ON g.session = f.session AND g.filename = f.filename
+            AND g.engine_id = f.engine_id AND g.request_serial = f.rs
+        """
+    )
     return RunTable(con)

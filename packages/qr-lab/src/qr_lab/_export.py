@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 
 from qr_lab._analyze import finished_trials
-from qr_lab._data import all_fields, record_files
+from qr_lab._data import all_fields, insert_rows, record_files
 from qr_lab._errors import RunError
 from qr_lab._plan import RECORDS_DIR
 
@@ -28,8 +28,7 @@ def export_parquet(run_dir: Path, out_dir: Path) -> int:
     con = duckdb.connect()
     con.execute("CREATE TEMP TABLE trials (trial_id VARCHAR, cond VARCHAR, trial_order BIGINT)")
     rows = [(t["trial_id"], t["condition"], int(t["order"])) for t in finished_trials(run_dir)]
-    if rows:
-        con.executemany("INSERT INTO trials VALUES (?, ?, ?)", rows)
+    insert_rows(con, "trials", ["VARCHAR", "VARCHAR", "BIGINT"], rows)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     target = str(out_dir).replace("'", "''")
     query = (

@@ -26,7 +26,7 @@ def _png(draw: Callable[[Figure], None], size: tuple[float, float] = (7.5, 3.6))
 
 
 def _conditions(table: RunTable) -> list[str]:
-    return [r[0] for r in table.sql("SELECT DISTINCT cond FROM tok ORDER BY cond")]
+    return [r[0] for r in table.sql("SELECT DISTINCT cond, cix FROM trials ORDER BY cix")]
 
 
 def _empty(ax: Axes, what: str) -> None:
