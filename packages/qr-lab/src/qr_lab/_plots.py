@@ -104,7 +104,8 @@ def z_by_condition(table: RunTable) -> bytes:
         if not any(len(g) for g in groups):
             _empty(ax, "usable tokens")
             return
-        ax.boxplot(groups, tick_labels=conds, showfliers=False)
+        ax.boxplot(groups, showfliers=False)
+        ax.set_xticks(range(1, len(conds) + 1), conds)
         for i, g in enumerate(groups, start=1):
             jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(g))
             ax.plot(i + jitter, g, "o", markersize=3, alpha=0.6)
