@@ -155,17 +155,18 @@ def analyze_table(
             {"step": "beyond_plan", "remaining": n_after - beyond.get(c, 0),
              "excluded": beyond.get(c, 0)}
         )  # fmt: skip
-    # Every usable u in one pass, split by condition here.
-    fetched = table.con.execute("SELECT cix, u FROM used").fetchnumpy()
-    cix = np.asarray(fetched["cix"])
-    all_u = np.asarray(fetched["u"], dtype=np.float64)
     seed = int(study["design"]["seed"])
     result: dict[str, Any] = {"study": study["study"]["name"], "conditions": {}}
     trial_means: dict[str, np.ndarray] = {}
     trial_counts: dict[str, list[int]] = {}
     for c in conditions:
         mine = [r for r in per_trial if r[0] == c]
-        u = all_u[cix == conditions.index(c)]
+        u = np.asarray(
+            table.con.execute(
+                "SELECT u FROM used WHERE cix = ?", [conditions.index(c)]
+            ).fetchnumpy()["u"],
+            dtype=np.float64,
+        )
         n = sum(int(r[3]) for r in mine)
         total = float(sum(r[4] for r in mine))
         total_sq = float(sum(r[5] for r in mine))
