@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,7 +121,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print_analysis(result, Console())
+            # Wide enough for the tables when the output is a file or a pipe.
+            width = shutil.get_terminal_size((150, 24)).columns
+            print_analysis(result, Console(width=width if sys.stdout.isatty() else 150))
         return 0
     if args.command == "export":
         from qr_lab._export import export_parquet  # noqa: PLC0415
