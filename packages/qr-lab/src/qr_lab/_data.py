@@ -7,6 +7,9 @@ ignored, fields an older engine did not write are NULL.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,6 +160,18 @@ def load_tokens(
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
     jsonl, parquet = record_files(files)
+    table = RunTable(con)
+    if jsonl:
+        # JSON is parsed once, into a temporary Parquet file of the columns used: every
+        # later query then reads that (the records are read several times).
+        scratch = Path(tempfile.mkdtemp(prefix="qr-lab-"))
+        weakref.finalize(table, shutil.rmtree, scratch, ignore_errors=True)
+        converted = scratch / "records.parquet"
+        con.execute(
+            f"COPY (SELECT * RENAME (filename AS source_file) FROM ({_select(con, jsonl, [])})) "
+            f"TO {_quote(str(converted))} (FORMAT PARQUET)"
+        )
+        parquet = [*parquet, str(converted)]
     names = list(conditions) or sorted({t["condition"] for t in trials})
     con.execute(
         "CREATE TEMP TABLE trials (trial_id VARCHAR, cond VARCHAR, cix INTEGER, ord BIGINT, "
@@ -186,7 +201,7 @@ def load_tokens(
             coalesce(s.is_fallback, false) AS fallback,
             coalesce(s.health, 'ok') = 'failed' AS unhealthy,
             s.z_score IS NOT NULL AND s.u IS NOT NULL AS valid
-        FROM ({_select(con, jsonl, parquet)}) s JOIN trials t ON s.session = t.trial_id
+        FROM ({_select(con, [], parquet)}) s JOIN trials t ON s.session = t.trial_id
         """
     )
     # The one pass over every record: counts and sums per request and flag combination.
@@ -217,6 +232,7 @@ def load_tokens(
     # Chunked prefill: only a request with more records than sequence numbers holds
     # superseded records (the last record of a number, by time, is kept).
     con.execute(f"CREATE TEMP TABLE suspect AS SELECT {_KEY} FROM req WHERE n > top + 1")
+    clean = con.execute("SELECT count(*) FROM suspect").fetchone() == (0,)
     con.execute(
         f"""
         CREATE TEMP TABLE sup AS
@@ -226,6 +242,7 @@ def load_tokens(
                 ORDER BY s.timestamp_ns DESC
             ) AS k
             FROM src s SEMI JOIN suspect q USING ({_KEY})
+            {"WHERE false" if clean else ""}
         ) WHERE k > 1
         """
     )
@@ -241,7 +258,7 @@ def load_tokens(
             AND s.timestamp_ns = p.timestamp_ns AND s.session = p.session
         """
     )
-    if con.execute("SELECT count(*) FROM suspect").fetchone() != (0,):
+    if not clean:
         con.execute(
             "DELETE FROM grp USING suspect q WHERE grp.session = q.session AND "
             "grp.filename = q.filename AND grp.engine_id = q.engine_id AND "
@@ -263,4 +280,4 @@ def load_tokens(
             AND g.engine_id = f.engine_id AND g.request_serial = f.rs
         """
     )
-    return RunTable(con)
+    return table
