@@ -88,7 +88,7 @@ def all_fields(con: duckdb.DuckDBPyConnection, jsonl: list[str], parquet: list[s
     if jsonl:
         files = "[" + ", ".join(_quote(f) for f in jsonl) + "]"
         parts.append(
-            f"SELECT * RENAME (filename AS source_file) FROM read_json({files}, "
+            f"SELECT * EXCLUDE (filename), filename AS source_file FROM read_json({files}, "
             "format='newline_delimited', union_by_name=true, filename=true)"
         )
     if parquet:
@@ -98,7 +98,7 @@ def all_fields(con: duckdb.DuckDBPyConnection, jsonl: list[str], parquet: list[s
         if "source_file" in present:  # a qr-lab export: keep the original file
             parts.append(f"SELECT * EXCLUDE (filename) FROM {source}")
         else:
-            parts.append(f"SELECT * RENAME (filename AS source_file) FROM {source}")
+            parts.append(f"SELECT * EXCLUDE (filename), filename AS source_file FROM {source}")
     return " UNION ALL BY NAME ".join(parts)
 
 
@@ -168,8 +168,8 @@ def load_tokens(
         weakref.finalize(table, shutil.rmtree, scratch, ignore_errors=True)
         converted = scratch / "records.parquet"
         con.execute(
-            f"COPY (SELECT * RENAME (filename AS source_file) FROM ({_select(con, jsonl, [])})) "
-            f"TO {_quote(str(converted))} (FORMAT PARQUET)"
+            "COPY (SELECT * EXCLUDE (filename), filename AS source_file "
+            f"FROM ({_select(con, jsonl, [])})) TO {_quote(str(converted))} (FORMAT PARQUET)"
         )
         parquet = [*parquet, str(converted)]
     names = list(conditions) or sorted({t["condition"] for t in trials})
