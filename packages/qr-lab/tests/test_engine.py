@@ -110,7 +110,7 @@ def test_run_embedded_analyze_report_in_chromium(tmp_path: Path) -> None:
     assert "https://" not in text
     binary = chromium()
     if binary is None:
-        pytest.skip("chromium is not installed (scripts/test installs it with apt-get as root)")
+        pytest.skip("no chromium here (scripts/test installs it with apt-get as root or by sudo)")
     images = image_states(binary, report, tmp_path)
     assert [i["id"] for i in images] == [
         "plot-cumulative", "plot-u", "plot-z", "plot-position", "plot-health", "plot-latency",
