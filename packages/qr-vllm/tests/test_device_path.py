@@ -141,6 +141,9 @@ REQUESTS = [
 
 def add_all(proc: QRSamplerLogitsProcessor) -> None:
     added = [(i, params(**extra), [1, 2, 3], []) for i, extra in enumerate(REQUESTS)]
+    # Runner V1 applies the penalties itself (vLLM's function: pinned, non-blocking copies).
+    added[0][1].presence_penalty = 0.5
+    added[0][1].repetition_penalty = 1.2
     proc.update_state(BatchUpdate(batch_size=len(added), removed=[], added=added, moved=[]))
 
 
