@@ -32,7 +32,8 @@ from qr_entropy import (  # noqa: E402
 from qr_vllm import ConfigValidationError, QRSamplerConfig  # noqa: E402
 from qr_vllm._fetch import fetch_within  # noqa: E402
 from qr_vllm._resolve import MAX_CACHED_COMPONENTS, MAX_CACHED_REQUESTS, RequestResolver  # noqa: E402
-from qr_vllm.processor import QRSamplerLogitsProcessor, check_source  # noqa: E402
+from qr_vllm._startup import check_source  # noqa: E402
+from qr_vllm.processor import QRSamplerLogitsProcessor  # noqa: E402
 from test_processor import (  # noqa: E402
     VOCAB,
     FlakySource,

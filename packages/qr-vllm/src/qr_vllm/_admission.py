@@ -7,7 +7,7 @@ OpenAI response says ``finish_reason: "stop"`` with ``stop_reason`` set to that
 token id. So (see ARCHITECTURE.md, design note "Visible failure"):
 
 * with ``QR_FAILURE_STOP_TOKEN_ID`` set, admission adds that token to every
-  qr-sampled request's ``stop_token_ids``, the sampler never chooses it, and a
+  qr-sampled request's ``stop_token_ids``, no request ever chooses it, and a
   failed request is ended with it: ``stop_reason`` equal to it means "the
   plugin failed this request", nothing else;
 * without it, a failed request is ended with its own stop token (end of

@@ -150,7 +150,7 @@ class QRSamplerConfig(EntropySettings):
         ge=0,
         description=(
             "A token the model never needs (a reserved special token): admission adds it to "
-            "every qr-sampled request's stop_token_ids, the sampler never chooses it, and a "
+            "every qr-sampled request's stop_token_ids, no request ever chooses it, and a "
             "request the plugin must fail is ended with it, so that the response says "
             "finish_reason=stop with stop_reason equal to this id. Unset: a failed request "
             "is ended with its own stop token, and in fallback mode 'error' a request with "

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigValidationError", "QRVllmError", "RecordsPathError", "UnsupportedVllmError"]
+__all__ = [
+    "ConfigValidationError",
+    "QRVllmError",
+    "RecordsPathError",
+    "UnsupportedEngineError",
+    "UnsupportedVllmError",
+]
 
 
 class QRVllmError(Exception):
@@ -27,3 +33,7 @@ class RecordsPathError(QRVllmError, RuntimeError):
 
     The message names the path and the reason (a directory, read-only, no parent).
     """
+
+
+class UnsupportedEngineError(QRVllmError, RuntimeError):
+    """vLLM was started with settings the processor cannot serve (it refuses to start)."""

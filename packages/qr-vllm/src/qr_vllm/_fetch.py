@@ -2,7 +2,11 @@
 
 The step hands the fetch to a single worker thread and waits until the worker
 holds it, then does everything that does not need u while the source answers
-(see ARCHITECTURE.md, design note "One fetch per step, just in time").
+(see ARCHITECTURE.md, design note "One fetch per step, just in time"). The
+worker first waits for the step's logits-ready event, so on an accelerator the
+bytes are requested only once the device has finished the logits, never while
+the forward pass still runs (design note "Just-in-time on the device"); the
+engine thread never waits for that event.
 `amplify` turns the block into one u (and its z-score and byte mean) per
 sampled row, one amplifier call per group of the plan.
 
@@ -15,17 +19,55 @@ requests never fails or degrades any of them (see ARCHITECTURE.md, design note
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from qr_entropy import EntropyBlock, EntropySource, HealthStatus, Provenance
 
 from qr_vllm._plan import EntropyPlan
 
-__all__ = ["FETCH_START_WAIT_S", "Fetcher", "amplify", "fetch_within"]
+__all__ = [
+    "ALREADY_READY",
+    "FETCH_START_WAIT_S",
+    "Fetched",
+    "Fetcher",
+    "ReadyEvent",
+    "amplify",
+    "fetch_within",
+]
 
 #: How long a step waits for the fetch thread to pick its request up (see `Fetcher.start`).
 FETCH_START_WAIT_S = 0.05
+
+
+class ReadyEvent(Protocol):
+    """What marks the moment the step's logits exist (a ``torch.cuda.Event`` on CUDA)."""
+
+    def synchronize(self) -> None:
+        """Return once the logits exist."""
+
+
+class _AlreadyReady:
+    """The CPU's stand-in: logits handed to the processor on the CPU exist already."""
+
+    def synchronize(self) -> None:
+        return None
+
+
+#: The event of logits that exist when they are handed over (the CPU, tests).
+ALREADY_READY: ReadyEvent = _AlreadyReady()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A step's block with the monotonic times the fetch thread saw the logits and asked."""
+
+    block: EntropyBlock
+    logits_ready_ns: int
+    requested_ns: int
 
 
 class Fetcher:
@@ -40,15 +82,16 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
-    def start(self, plan: EntropyPlan) -> Future[EntropyBlock]:
-        """Start the fetch of ``plan``'s block; returns once the worker holds it (or soon)."""
+    def start(self, plan: EntropyPlan, ready: ReadyEvent = ALREADY_READY) -> Future[Fetched]:
+        """Start the fetch of ``plan``'s block once ``ready`` fires; returns once the
+        worker holds it (or soon)."""
         if self._executor is None:
             # One worker, started on the first step (never at import: vLLM builds the
             # processor in several processes): requests stay one at a time, in step order.
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-entropy")
         started = self._started
         started.clear()
-        pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count)
+        pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count, ready)
         # Wait until the worker holds the fetch: the step's own work (many small array
         # operations) never gives up the GIL by itself, so a worker merely woken up would
         # only get to run, and the fetch only overlap with nothing, once this thread
@@ -58,9 +101,14 @@ class Fetcher:
         started.wait(FETCH_START_WAIT_S)
         return pending
 
-    def _run(self, rows: int, count: int) -> EntropyBlock:
+    def _run(self, rows: int, count: int, ready: ReadyEvent) -> Fetched:
         self._started.set()
-        return fetch_within(self.source, rows, count)
+        # Just in time on the device's clock: the logits exist before the bytes are asked for.
+        ready.synchronize()
+        logits_ready = time.monotonic_ns()
+        requested = time.monotonic_ns()
+        block = fetch_within(self.source, rows, count)
+        return Fetched(block, logits_ready, requested)
 
     def close(self) -> None:
         """Stop the worker (after the fetch in flight, if any); a later `start` starts one."""

@@ -36,7 +36,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2Log
 from qr_vllm._admission import admit, failure_token_for, stop_token
 from qr_vllm._compat import check_vllm_version
 from qr_vllm._config import QRSamplerConfig
-from qr_vllm._errors import ConfigValidationError
+from qr_vllm._guards import check_engine, reserve_scratch, sync_allowed_factory
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._logging import attach_to_vllm_logging
 from qr_vllm._metrics import SamplerMetrics
@@ -45,6 +45,8 @@ from qr_vllm._records import RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
 from qr_vllm._sampler import BatchSampler
 from qr_vllm._slots import SlotState
+from qr_vllm._startup import check_failure_token, check_source
+from qr_vllm._v2 import V2Requests
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -65,6 +67,11 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         is_pin_memory: Runner V1: whether pinned host memory is available.
         config: The configuration (default: read from ``QR_*`` and ``.env``).
         source: The entropy source (default: built from ``config``).
+        device_path: Take the accelerator's code path on the CPU too (tests).
+
+    Raises:
+        UnsupportedEngineError: vLLM runs with settings the processor cannot serve
+            (batch-sharded sampling under tensor parallelism, a processed logprobs mode).
     """
 
     # Built on first use in each process that validates requests (the API server).
@@ -78,18 +85,24 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         *,
         config: QRSamplerConfig | None = None,
         source: EntropySource | None = None,
+        device_path: bool = False,
     ) -> None:
         check_vllm_version()
         attach_to_vllm_logging()
+        check_engine(vllm_config)
+        req_states: Any = None
         if isinstance(device_or_req_states, torch.device):
             runner, device = "v1", device_or_req_states
             pin = bool(is_pin_memory)
         else:
             runner, device = "v2", torch.device(device_or_req_states.device)
             pin = device.type == "cuda"
+            req_states = device_or_req_states
+        self._v2 = V2Requests(req_states)
         self.config = config if config is not None else QRSamplerConfig()
         self.runner = runner
-        _check_failure_token(self.config, vllm_config)
+        check_failure_token(self.config, vllm_config)
+        self._reserved = self.config.failure_stop_token_id
         self._resolver = RequestResolver(self.config)
         tp_group = _tensor_parallel_group()
         # Under tensor parallelism only rank 0 draws entropy and writes records; the
@@ -113,9 +126,16 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self._source.close()
             raise
         self._sampler = BatchSampler(
-            self._source, self.sampling_logger, device, pin, runner, tp_group=tp_group
+            self._source,
+            self.sampling_logger,
+            device,
+            pin,
+            runner,
+            tp_group=tp_group,
+            device_path=device_path,
+            sync_allowed=sync_allowed_factory(),
         )
-        self._sampler.reserved_token = self.config.failure_stop_token_id
+        reserve_scratch(self._sampler, vllm_config, req_states)
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
         self._metrics: SamplerMetrics | None = None
         if not follower:
@@ -163,9 +183,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         """Refuse a request whose ``qr_*`` arguments are bad (HTTP 400, engine untouched).
 
-        Also makes sure that a request the plugin may have to fail can be ended
-        (see `qr_vllm._admission.admit`): it adds ``QR_FAILURE_STOP_TOKEN_ID`` to
-        the request's ``stop_token_ids`` when that is set.
+        Also makes the request endable on failure (`qr_vllm._admission.admit`).
 
         Raises:
             ConfigValidationError: A ValueError naming the key, the value and what is allowed.
@@ -206,8 +224,16 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
     # --- runner V2 -------------------------------------------------------------
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        """Take the request entering slot ``req_idx``; False for bypass requests."""
-        state = self._new_state(sampling_params, None, None)
+        """Take the request entering slot ``req_idx``; False for bypass requests.
+
+        A request resumed after preemption (vLLM re-adds it, with its output so far
+        as part of its prefill) keeps the identity it had: see ARCHITECTURE.md,
+        design note "Runner V2 records".
+        """
+        key, resumed = self._v2.identity(req_idx, sampling_params)
+        state = self._new_state(sampling_params, None, None, info=resumed)
+        if state is not None:
+            self._v2.remember(key, state.info)
         self._sampler.slots.set_slot(req_idx, state)
         return state is not None
 
@@ -226,28 +252,41 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         """
         metrics = self._metrics
         started = time.perf_counter_ns() if metrics is not None else 0
+        if self._reserved is not None:  # see ARCHITECTURE.md, design note "Visible failure"
+            logits[:, self._reserved] = float("-inf")  # no request chooses it; failures force it
         if ctx is None:
             self._sampler.sample(logits)
         else:
-            mapping = ctx.idx_mapping_np
-            if int(logits.shape[0]) != len(mapping):
-                # Several rows per request (speculative decoding): the host copy of the
-                # expanded mapping costs one synchronisation.
-                mapping = ctx.expanded_idx_mapping.cpu().numpy()
-            self._sampler.sample(logits, np.asarray(mapping))
+            self._apply_v2(logits, ctx)
         if metrics is not None:
             metrics.observe_step_time((time.perf_counter_ns() - started) / 1e9)
         return logits
+
+    def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> None:
+        mapping = ctx.idx_mapping_np
+        if int(logits.shape[0]) != len(mapping):
+            # Several rows per request (speculative decoding): the host copy of the
+            # expanded mapping costs one synchronisation.
+            with self._sampler.sync_allowed():
+                mapping = ctx.expanded_idx_mapping.cpu().numpy()
+            self._sampler.sample(logits, np.asarray(mapping))
+            return
+        slots, positions = self._v2.rows(
+            np.asarray(mapping, dtype=np.int64), ctx.seq_lens_upper_bound_np
+        )
+        self._sampler.sample(logits, slots, positions)
 
     # --- introspection -----------------------------------------------------------
 
     @property
     def diagnostic_records(self) -> list[TokenSamplingRecord]:
         """Records kept in memory for requests with ``diagnostic_mode``."""
+        self._sampler.flush_records()
         return self.sampling_logger.diagnostic_records
 
     def health(self) -> dict[str, object]:
         """The source's health, record counters and failed requests."""
+        self._sampler.flush_records()
         return {
             "runner": self.runner,
             "source": self._source.health_check(),
@@ -280,8 +319,10 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         params: SamplingParams,
         prompt_ids: Sequence[int] | None,
         output_ids: Sequence[int] | None,
+        *,
+        info: RequestInfo | None = None,
     ) -> SlotState | None:
-        serial = next(self._serials)
+        serial = info.request_serial if info is not None else next(self._serials)
         failure = ""
         try:
             resolved = self._resolver.resolve(params.extra_args)
@@ -296,7 +337,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             return None
         state = SlotState(
             request=resolved,
-            info=_request_info(serial, resolved),
+            info=info if info is not None and not failure else _request_info(serial, resolved),
             stop_token=stop_token(params, failure_token_for(config, params)),
             prompt_ids=prompt_ids,
             output_ids=output_ids,
@@ -306,55 +347,6 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         if failure:
             self._sampler.failed_requests += 1
         return state
-
-
-def check_source(source: EntropySource, fallback_mode: str) -> None:
-    """Check the source once at start (see ARCHITECTURE.md, design note "Start-up checks").
-
-    A failed check is logged at ERROR, once, with the source's own explanation. With
-    ``QR_FALLBACK_MODE=error`` it also stops the start (`SourceCheckError`): every
-    token would fail. With a fallback, the engine serves from the fallback, every
-    such token flagged in its record, and the primary is retried per fetch.
-
-    Raises:
-        SourceCheckError: The check failed and ``fallback_mode`` is ``error``.
-    """
-    result = source.check()
-    if result.ok:
-        logger.info("entropy source %s checked at start: %s", result.source, result.detail)
-        return
-    if fallback_mode == "error":
-        logger.error(
-            "entropy source %s failed its start-up check (%s): %s; QR_FALLBACK_MODE=error, "
-            "so the engine does not start",
-            result.source,
-            result.problem,
-            result.detail,
-        )
-        result.raise_for_failure()
-    logger.error(
-        "entropy source %s failed its start-up check (%s): %s; serving from the fallback "
-        "source (QR_FALLBACK_MODE=%s), every such token flagged is_fallback in its record",
-        result.source,
-        result.problem,
-        result.detail,
-        fallback_mode,
-    )
-
-
-def _check_failure_token(config: QRSamplerConfig, vllm_config: Any) -> None:
-    token = config.failure_stop_token_id
-    if token is None:
-        return
-    model_config = getattr(vllm_config, "model_config", None)
-    if model_config is None:
-        return  # built outside an engine (tools, tests): nothing to check against
-    vocab = int(model_config.get_vocab_size())
-    if token >= vocab:
-        raise ConfigValidationError(
-            f"QR_FAILURE_STOP_TOKEN_ID={token} is not a token of this model: the "
-            f"vocabulary has ids 0..{vocab - 1}"
-        )
 
 
 def _tensor_parallel_group() -> Any | None:
