@@ -33,11 +33,17 @@ from test_monitoring_rules import MONITORING, dashboard_queries
 pytestmark = pytest.mark.vllm
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 180.0) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout_s: float = 180.0,
+    state: Callable[[], object] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            seen = f" (last seen: {state()})" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{seen}")
         time.sleep(0.5)
 
 
@@ -181,6 +187,11 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
                         == total(prom, "qr_sampler_entropy_bytes_total")
                     ),
                     60,
+                    lambda: {
+                        "server": total(prom, "qr_entropy_server_bytes_served_total"),
+                        "plugin": total(prom, "qr_sampler_entropy_bytes_total"),
+                        "records": len(records(records_path)),
+                    },
                 )
                 assert total(prom, "qr_sampler_entropy_bytes_total") == 1024 * len(healthy)
             assert total(prom, 'qr_sampler_drift_tokens{window="lifetime"}') == len(ok_direct)
