@@ -55,6 +55,7 @@ def test_wire_layout_is_the_draft_protocol() -> None:
     assert {name: f.number for name, f in request.items()} == {
         "bytes_needed": 1,
         "sequence_id": 2,
+        "rows": 3,
     }
     assert {name: f.number for name, f in response.items()} == {
         "data": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from qr_entropy._digest import row_digest, row_digests
 from qr_entropy._errors import EntropyConfigError, EntropyUnavailableError
 from qr_entropy._health import HealthMonitor, HealthTestCutoffs
 from qr_entropy._settings import DEFAULT_MAX_REQUEST_BYTES, EntropySettings
@@ -52,6 +54,11 @@ class Provenance:
             example the gRPC server's device_id).
         fetch_latency_ns: Wall time of the fetch in nanoseconds.
         fallback_reason: The primary's error message when ``is_fallback``.
+        row_digests: `qr_entropy.row_digest` of each row of the bytes, in row order
+            (one for `EntropySource.fetch`), computed where the bytes were received.
+        sequence_id: The server's echo of the request's sequence id (0: none).
+        generation_timestamp_ns: The server's clock (Unix ns) when it generated the
+            bytes (0: the source reports none).
     """
 
     source: str
@@ -61,6 +68,9 @@ class Provenance:
     device_id: str = ""
     fetch_latency_ns: int = 0
     fallback_reason: str = ""
+    row_digests: tuple[str, ...] = ()
+    sequence_id: int = 0
+    generation_timestamp_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +222,15 @@ class EntropySource(ABC):
         )
 
     def seal_block(
-        self, data: bytes, rows: int, n: int, *, started_ns: int, device_id: str = ""
+        self,
+        data: bytes,
+        rows: int,
+        n: int,
+        *,
+        started_ns: int,
+        device_id: str = "",
+        sequence_id: int = 0,
+        generation_timestamp_ns: int = 0,
     ) -> EntropyBlock:
         """Check the length of ``data``, health-test it and wrap it as a (rows, n) block.
 
@@ -222,6 +240,8 @@ class EntropySource(ABC):
             n: Bytes per row.
             started_ns: ``time.monotonic_ns()`` before the read, for the latency.
             device_id: The producing device, if known.
+            sequence_id: The server's sequence id of the response, if any.
+            generation_timestamp_ns: The server's generation time (Unix ns), if any.
 
         Raises:
             EntropyUnavailableError: ``data`` has the wrong length.
@@ -229,6 +249,13 @@ class EntropySource(ABC):
         """
         provenance = self._seal(data, rows * n, started_ns, device_id)
         array = np.frombuffer(bytes(data), dtype=np.uint8).reshape(rows, n)
+        # Digested after the length and health checks, from the array the caller gets.
+        provenance = dataclasses.replace(
+            provenance,
+            row_digests=row_digests(array),
+            sequence_id=sequence_id,
+            generation_timestamp_ns=generation_timestamp_ns,
+        )
         return EntropyBlock(data=array, provenance=provenance)
 
     def fetch(self, n: int) -> EntropyFetch:
@@ -243,6 +270,7 @@ class EntropySource(ABC):
         started_ns = time.monotonic_ns()
         data = self.get_random_bytes(total)
         provenance = self._seal(data, total, started_ns, self.device_id)
+        provenance = dataclasses.replace(provenance, row_digests=(row_digest(data),))
         return EntropyFetch(data=bytes(data), provenance=provenance)
 
     def fetch_block(self, rows: int, n: int) -> EntropyBlock:

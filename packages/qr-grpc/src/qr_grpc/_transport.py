@@ -196,7 +196,7 @@ class BidiSession:
         for waiter in pending.values():
             waiter.set_exception(FetchFailure(failure.kind, failure.detail))
 
-    def request(self, n: int, timeout_s: float) -> EntropyResponse:
+    def request(self, n: int, timeout_s: float, rows: int = 0) -> EntropyResponse:
         """Send one request on the stream and wait for its response (any thread but the loop's).
 
         Raises:
@@ -211,7 +211,7 @@ class BidiSession:
             # Inside the lock so writes leave in sequence order (the FIFO fallback needs it).
             try:
                 self._loop.call_soon_threadsafe(
-                    self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq))
+                    self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq, rows=rows))
                 )
             except RuntimeError:  # the loop was closed under us (source closed meanwhile)
                 del self._pending[seq]
@@ -300,7 +300,7 @@ class AioTransport:
         self._generation += 1
         logger.debug("opened grpc channel target=%s mode=%s", cfg.target, cfg.mode)
 
-    async def fetch(self, n: int, timeout_s: float) -> EntropyResponse:
+    async def fetch(self, n: int, timeout_s: float, rows: int = 0) -> EntropyResponse:
         """Fetch exactly n bytes with one unary or server-streaming request.
 
         Args:
@@ -317,9 +317,9 @@ class AioTransport:
         generation = self._generation
         try:
             if self._config.mode == "unary":
-                response = await self._fetch_unary(n, timeout_s)
+                response = await self._fetch_unary(n, timeout_s, rows)
             else:
-                response = await self._fetch_server_streaming(n, timeout_s)
+                response = await self._fetch_server_streaming(n, timeout_s, rows)
         except FetchFailure as failure:
             await self.reset_after(failure, generation)
             raise
@@ -348,10 +348,10 @@ class AioTransport:
             logger.debug("rebuilding grpc channel after: %s", failure.detail)
             await self.reset()
 
-    async def _fetch_unary(self, n: int, timeout_s: float) -> EntropyResponse:
+    async def _fetch_unary(self, n: int, timeout_s: float, rows: int) -> EntropyResponse:
         try:
             response: EntropyResponse = await self._unary(
-                EntropyRequest(bytes_needed=n, sequence_id=next(self._seq)),
+                EntropyRequest(bytes_needed=n, sequence_id=next(self._seq), rows=rows),
                 timeout=timeout_s,
                 metadata=self._config.metadata,
             )
@@ -359,13 +359,15 @@ class AioTransport:
             raise _classify(error, "unary call") from None
         return response
 
-    async def _fetch_server_streaming(self, n: int, timeout_s: float) -> EntropyResponse:
+    async def _fetch_server_streaming(
+        self, n: int, timeout_s: float, rows: int
+    ) -> EntropyResponse:
         # One request then half-close, on the bidi method: on the wire that is exactly a
         # unary-stream call, so it is issued as one (request, metadata and half-close go
         # out in one batch, and a server that refuses the call reports its own status
         # instead of a write racing its close).
         call = self._server_stream(
-            EntropyRequest(bytes_needed=n, sequence_id=next(self._seq)),
+            EntropyRequest(bytes_needed=n, sequence_id=next(self._seq), rows=rows),
             timeout=timeout_s,
             metadata=self._config.metadata,
         )

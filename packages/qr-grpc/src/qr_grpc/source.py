@@ -238,7 +238,13 @@ class QuantumGrpcSource(EntropySource):
         started_ns = time.monotonic_ns()
         response = self._request(total)
         block = self.seal_block(
-            response.data, 1, total, started_ns=started_ns, device_id=response.device_id
+            response.data,
+            1,
+            total,
+            started_ns=started_ns,
+            device_id=response.device_id,
+            sequence_id=response.sequence_id,
+            generation_timestamp_ns=response.generation_timestamp_ns,
         )
         return EntropyFetch(data=response.data, provenance=block.provenance)
 
@@ -253,12 +259,18 @@ class QuantumGrpcSource(EntropySource):
         """
         total = self.check_request(rows, n)
         started_ns = time.monotonic_ns()
-        response = self._request(total)
+        response = self._request(total, rows)
         return self.seal_block(
-            response.data, rows, n, started_ns=started_ns, device_id=response.device_id
+            response.data,
+            rows,
+            n,
+            started_ns=started_ns,
+            device_id=response.device_id,
+            sequence_id=response.sequence_id,
+            generation_timestamp_ns=response.generation_timestamp_ns,
         )
 
-    def _request(self, n: int) -> EntropyResponse:
+    def _request(self, n: int, rows: int = 0) -> EntropyResponse:
         if self._closed:
             raise GrpcEntropyUnavailableError(f"quantum_grpc source for {self._address} is closed")
         if n == 0:
@@ -282,7 +294,7 @@ class QuantumGrpcSource(EntropySource):
             timeout_s = self._breaker.timeout_s(self._timeout_ceiling_s, n)
             started = time.perf_counter()
             try:
-                response = self._attempt(n, timeout_s)
+                response = self._attempt(n, timeout_s, rows)
             except FetchFailure as failure:
                 last = failure
                 logger.debug(
@@ -312,17 +324,17 @@ class QuantumGrpcSource(EntropySource):
             f"{self._address} failed after {attempt} attempt(s): {last.detail}"
         )
 
-    def _attempt(self, n: int, timeout_s: float) -> EntropyResponse:
+    def _attempt(self, n: int, timeout_s: float, rows: int) -> EntropyResponse:
         try:
-            return self._attempt_on_loop(n, timeout_s)
+            return self._attempt_on_loop(n, timeout_s, rows)
         except LoopStoppedError:
             raise FetchFailure("transport", "source closed during the fetch") from None
 
-    def _attempt_on_loop(self, n: int, timeout_s: float) -> EntropyResponse:
+    def _attempt_on_loop(self, n: int, timeout_s: float, rows: int) -> EntropyResponse:
         if self._settings.grpc_mode != "bidi_streaming":
             try:
                 return self._loop.run(
-                    self._transport.fetch(n, timeout_s), timeout_s + _LOOP_GRACE_S
+                    self._transport.fetch(n, timeout_s, rows), timeout_s + _LOOP_GRACE_S
                 )
             except concurrent.futures.CancelledError:
                 # close() cancels what is running on the loop.
@@ -336,7 +348,7 @@ class QuantumGrpcSource(EntropySource):
         if session is None or session.failure is not None:
             session = self._bidi = self._loop.run(self._transport.bidi_session())
         try:
-            response = session.request(n, timeout_s)
+            response = session.request(n, timeout_s, rows)
         except FetchFailure as failure:
             self._loop.run(self._transport.reset_after(failure, session.generation))
             raise
