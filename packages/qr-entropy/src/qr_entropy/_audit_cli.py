@@ -37,9 +37,7 @@ def verify(
     ],
     log: Annotated[
         list[Path],
-        typer.Option(
-            "--log", exists=True, dir_okay=False, help="Server audit log; repeatable."
-        ),
+        typer.Option("--log", exists=True, dir_okay=False, help="Server audit log; repeatable."),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     clock_skew_ms: Annotated[
@@ -59,9 +57,7 @@ def verify(
     ] = False,
     head: Annotated[
         list[str] | None,
-        typer.Option(
-            "--head", help="A head hash published earlier that must still be in the log."
-        ),
+        typer.Option("--head", help="A head hash published earlier that must still be in the log."),
     ] = None,
 ) -> None:
     """Report every token not covered by the logs and every break in their hash chains.

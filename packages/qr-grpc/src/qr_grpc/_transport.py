@@ -211,7 +211,8 @@ class BidiSession:
             # Inside the lock so writes leave in sequence order (the FIFO fallback needs it).
             try:
                 self._loop.call_soon_threadsafe(
-                    self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq, rows=rows))
+                    self._queue.put_nowait,
+                    (seq, EntropyRequest(bytes_needed=n, sequence_id=seq, rows=rows)),
                 )
             except RuntimeError:  # the loop was closed under us (source closed meanwhile)
                 del self._pending[seq]
@@ -359,9 +360,7 @@ class AioTransport:
             raise _classify(error, "unary call") from None
         return response
 
-    async def _fetch_server_streaming(
-        self, n: int, timeout_s: float, rows: int
-    ) -> EntropyResponse:
+    async def _fetch_server_streaming(self, n: int, timeout_s: float, rows: int) -> EntropyResponse:
         # One request then half-close, on the bidi method: on the wire that is exactly a
         # unary-stream call, so it is issued as one (request, metadata and half-close go
         # out in one batch, and a server that refuses the call reports its own status

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from qr_entropy import (
+    AuditLog,
     EntropySettings,
     EntropySource,
     EntropySourceRegistry,
@@ -34,6 +35,7 @@ from qr_entropy import (
 )
 
 from qr_grpc._address import GrpcAddress, parse_address
+from qr_grpc._audit import add_audit_arguments, check_rows, log_served, open_audit_log
 from qr_grpc._errors import GrpcConfigError
 from qr_grpc._logfmt import LogFormat, configure_logging
 from qr_grpc._proto import entropy_service_pb2
@@ -68,7 +70,9 @@ class _EntropyServicer:
         api_key_header: str,
         device_id: str,
         delay_s: float,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit
         self._source = source
         self._max_bytes = max_bytes
         self._api_key = api_key.encode()
@@ -106,6 +110,7 @@ class _EntropyServicer:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"bytes_needed={n} is outside the allowed range 1..{self._max_bytes}",
             )
+        check_rows(request, context)
         if self._delay_s:
             # An Event, not time.sleep: stopping the server cuts the simulated delay short.
             self.stopping.wait(self._delay_s)
@@ -118,11 +123,22 @@ class _EntropyServicer:
         except QREntropyError as error:
             logger.error("event=source_error bytes=%d error=%r", n, str(error))
             context.abort(grpc.StatusCode.INTERNAL, f"entropy source error: {error}")
+        generated_ns = time.time_ns()
+        device_id = self._device_id or fetched.provenance.device_id or self._source.name
+        if self._audit is not None:
+            log_served(
+                self._audit,
+                request,
+                fetched.data,
+                time_ns=generated_ns,
+                device_id=device_id,
+                context=context,
+            )
         return EntropyResponse(
             data=fetched.data,
             sequence_id=request.sequence_id,
-            generation_timestamp_ns=time.time_ns(),
-            device_id=self._device_id or fetched.provenance.device_id or self._source.name,
+            generation_timestamp_ns=generated_ns,
+            device_id=device_id,
         )
 
     def GetEntropy(self, request: EntropyRequest, context: Any) -> EntropyResponse:  # noqa: N802
@@ -250,6 +266,7 @@ def serve(
     delay_ms: float = 0.0,
     max_workers: int = 16,
     close_source: bool = False,
+    audit_log: AuditLog | None = None,
 ) -> EntropyServer:
     """Start an entropy server in this process and return its handle.
 
@@ -270,6 +287,8 @@ def serve(
             simulate a slow device.
         max_workers: Threads serving calls; each open bidi stream holds one.
         close_source: Close ``source`` when the server stops.
+        audit_log: Write a line per response here before sending it; the caller
+            closes it after `EntropyServer.stop`.
 
     Returns:
         The running server.
@@ -328,6 +347,7 @@ def serve(
         api_key_header=api_key_header,
         device_id=device_id,
         delay_s=delay_ms / 1000.0,
+        audit=audit_log,
     )
     server.add_generic_rpc_handlers(
         (
@@ -439,6 +459,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=("logfmt", "json"), default="logfmt", help="log line format"
     )
+    add_audit_arguments(parser)
     return parser
 
 
@@ -456,7 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QREntropyError as error:
         logger.error("event=startup_failed error=%r", str(error))
         return 2
+    audit: AuditLog | None = None
     try:
+        audit = open_audit_log(args)
         server = serve(
             source,
             args.address,
@@ -470,9 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             delay_ms=args.delay_ms,
             max_workers=args.max_workers,
             close_source=True,
+            audit_log=audit,
         )
     except GrpcConfigError as error:
         source.close()
+        if audit is not None:
+            audit.close()
         logger.error("event=startup_failed error=%r", str(error))
         return 2
 
@@ -491,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(ValueError):
                 signal.signal(sig, handler)
         server.stop(0)
+        if audit is not None:
+            audit.close()
     return 0
 
 
