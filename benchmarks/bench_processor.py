@@ -9,6 +9,9 @@ Run in the vLLM environment: ``python benchmarks/bench_processor.py [--quick] [-
     (a row-wise max), for (k, p) = (50, 0.9);
 (f) the entropy fetch plus amplification of 64 × 20,480 bytes against reading
     the same bytes from os.urandom;
+(g) one step at B = 64 × 20,480 bytes with the per-row digests of the entropy
+    block (issue #15) against the same step with the digest step swapped for a
+    no-op, and ``row_digests`` alone on such a block;
 (b) end-to-end decode tokens/s on the tiny model (see bench_e2e.py).
 """
 
@@ -106,6 +109,65 @@ def fetch_vs_urandom(quick: bool) -> tuple[float, float]:
     return _time(ours, repeat), _time(lambda: os.urandom(rows * n), repeat)
 
 
+def digest_cost(quick: bool) -> list[tuple[int, float, float, float, float]]:
+    """(g) One step at batch 64 x 20,480 bytes with and without the per-row digests.
+
+    "Without" swaps qr_entropy's row digest step for a no-op in this process, so the two
+    columns differ by exactly the digests; the rounds alternate to share the noise, and
+    the ratio is the median of the rounds' ratios.
+    Also times `row_digests` alone on the same block.
+    """
+    import numpy as np
+    import qr_entropy._base as base_module
+    import torch
+    from qr_entropy import row_digests
+    from qr_vllm import QRSamplerConfig
+    from qr_vllm.processor import QRSamplerLogitsProcessor
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    b, n = 64, 20480
+    repeat = 5 if quick else 20
+    rows = []
+    for v in (32000, 151936):
+        config = QRSamplerConfig(
+            entropy_source_type="system", log_level="none", top_k=50, top_p=0.9
+        )
+        proc = QRSamplerLogitsProcessor(None, torch.device("cpu"), False, config=config)
+        params = SamplingParams(max_tokens=1)
+        added = [(i, params, [1], []) for i in range(b)]
+        proc.update_state(BatchUpdate(batch_size=b, removed=[], added=added, moved=[]))
+        base = torch.randn(b, v) * 3
+        work = base.clone()
+
+        def step(work: Any = work, base: Any = base, proc: Any = proc) -> None:
+            work.copy_(base)
+            proc.apply(work)
+
+        with_d, without_d, ratios = [], [], []
+        for _ in range(3 if quick else 7):
+            with_d.append(_time(step, repeat))
+            base_module.row_digests = lambda block: ()  # type: ignore[assignment]
+            try:
+                without_d.append(_time(step, repeat))
+            finally:
+                base_module.row_digests = row_digests
+            ratios.append(with_d[-1] / without_d[-1])
+        proc.close()
+        block = np.frombuffer(os.urandom(b * n), dtype=np.uint8).reshape(b, n)
+        alone = _time(lambda block=block: row_digests(block), repeat * 5)
+        rows.append(
+            (
+                v,
+                statistics.median(with_d),
+                statistics.median(without_d),
+                statistics.median(ratios),
+                alone,
+            )
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, short e2e run")
@@ -129,6 +191,13 @@ def main() -> None:
         f"fetch+amplify {ours_f * 1e3:.3f}   os.urandom {urandom_f * 1e3:.3f}   "
         f"ratio {ours_f / urandom_f:.2f}"
     )
+    print("\n(g) one step at B=64 x 20,480 bytes with and without row digests, ms")
+    print(f"{'V':>7} {'with':>9} {'without':>9} {'ratio':>6} {'row_digests alone':>18}")
+    for v, with_d, without_d, ratio, alone in digest_cost(args.quick):
+        print(
+            f"{v:>7} {with_d * 1e3:>9.3f} {without_d * 1e3:>9.3f} {ratio:>6.2f} "
+            f"{alone * 1e3:>18.3f}"
+        )
     if not args.no_e2e:
         import bench_e2e
 
