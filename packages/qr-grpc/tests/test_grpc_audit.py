@@ -23,13 +23,15 @@ import grpc
 import pytest
 from grpc_helpers import ServerProcess, wait_for_serving
 from qr_entropy import (
+    AuditLog,
     EntropyBlock,
     EntropySettings,
     EntropySourceRegistry,
+    EntropyUnavailableError,
     FallbackEntropySource,
     row_digest,
 )
-from qr_grpc import GrpcSettings, QuantumGrpcSource
+from qr_grpc import EntropyServer, GrpcSettings, QuantumGrpcSource
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 
 ROW_BYTES = 20_480
@@ -342,3 +344,40 @@ def test_a_server_killed_mid_stream_leaves_whole_lines_and_a_valid_chain(
     code, report = _verify(records, log)
     assert code == 0, report["findings"]
     assert report["log_lines"] == len(log.read_bytes().splitlines())
+
+
+def test_a_server_whose_log_is_in_use_does_not_start(short_tmp: Path) -> None:
+    log = short_tmp / "audit.jsonl"
+    with AuditLog(log):  # another server holds it
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "qr_grpc.server"),
+                *("--address", f"unix://{short_tmp / 'u.sock'}", "--audit-log", str(log)),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert "event=startup_failed" in result.stderr
+    assert "in use by another process" in result.stderr
+
+
+def test_bytes_that_cannot_be_logged_are_not_served(
+    start_server: Callable[..., EntropyServer],
+    make_client: Callable[..., QuantumGrpcSource],
+    short_tmp: Path,
+) -> None:
+    log = AuditLog(short_tmp / "audit.jsonl")
+    server = start_server(
+        EntropySourceRegistry.build("system", EntropySettings()),
+        f"unix://{short_tmp / 'c.sock'}",
+        audit_log=log,
+    )
+    client = make_client(server.address, grpc_mode="unary", grpc_retry_count=0)
+    client.fetch_block(2, 64)
+    log.close()  # as after a failed write: every later append is refused
+    with pytest.raises(EntropyUnavailableError, match="audit log unavailable"):
+        client.fetch_block(2, 64)
+    assert len((short_tmp / "audit.jsonl").read_bytes().splitlines()) == 1
