@@ -88,6 +88,8 @@ def verify(
             kinds = sorted({f.kind for f in report.findings})
             for kind in kinds:
                 _out.print(f"  {kind}: {FINDING_KINDS[kind]}", highlight=False)
+        for note in report.notes:
+            _out.print(f"note: {note}", highlight=False, soft_wrap=True)
         for h in report.heads:
             _out.print(
                 f"log {h.path}: {h.lines} lines, head index {h.index} hash {h.hash}",
