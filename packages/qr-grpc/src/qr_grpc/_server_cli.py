@@ -10,8 +10,9 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from qr_entropy import EntropySettings, EntropySourceRegistry, QREntropyError
+from qr_entropy import AuditLog, EntropySettings, EntropySourceRegistry, QREntropyError
 
+from qr_grpc._audit import add_audit_arguments, open_audit_log
 from qr_grpc._errors import GrpcConfigError
 from qr_grpc._logfmt import LogFormat, configure_logging
 from qr_grpc._serving import DEFAULT_MAX_BYTES_PER_REQUEST, serve
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=("logfmt", "json"), default="logfmt", help="log line format"
     )
+    add_audit_arguments(parser)
     return parser
 
 
@@ -97,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QREntropyError as error:
         logger.error("event=startup_failed error=%r", str(error))
         return 2
+    audit: AuditLog | None = None
     try:
+        audit = open_audit_log(args)
         server = serve(
             source,
             args.address,
@@ -112,9 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             delay_jitter_ms=args.delay_jitter_ms,
             max_workers=args.max_workers,
             close_source=True,
+            audit_log=audit,
         )
     except GrpcConfigError as error:
         source.close()
+        if audit is not None:
+            audit.close()
         logger.error("event=startup_failed error=%r", str(error))
         return 2
 
@@ -133,4 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(ValueError):
                 signal.signal(sig, handler)
         server.stop(0)
+        if audit is not None:
+            audit.close()
     return 0

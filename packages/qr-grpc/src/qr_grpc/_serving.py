@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from qr_entropy import EntropySource
+from qr_entropy import AuditLog, EntropySource
 
 from qr_grpc._address import GrpcAddress, parse_address
 from qr_grpc._errors import GrpcConfigError
@@ -139,6 +139,7 @@ def serve(
     delay_jitter_ms: float = 0.0,
     max_workers: int = 16,
     close_source: bool = False,
+    audit_log: AuditLog | None = None,
 ) -> EntropyServer:
     """Start an entropy server in this process and return its handle.
 
@@ -161,6 +162,8 @@ def serve(
             up to this long to each response, to simulate a jittery device.
         max_workers: Threads serving calls; each open bidi stream holds one.
         close_source: Close ``source`` when the server stops.
+        audit_log: Write a line per response here before sending it; the caller
+            closes it after `EntropyServer.stop`.
 
     Returns:
         The running server.
@@ -222,6 +225,7 @@ def serve(
         device_id=device_id,
         delay_s=delay_ms / 1000.0,
         jitter_s=delay_jitter_ms / 1000.0,
+        audit=audit_log,
     )
     server.add_generic_rpc_handlers(
         (
