@@ -35,6 +35,7 @@ def info(resolved: ResolvedRequest, serial: int) -> RequestInfo:
         temperature_strategy=resolved.strategy.name,
         signal_amplifier=resolved.amplifier.name,
         sample_count=config.sample_count,
+        v_bytes=resolved.amplifier.row_bytes(config.sample_count) - config.sample_count,
         top_k=max(config.top_k, 0),
         top_p=config.top_p,
         min_p=config.min_p,

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
-from qr_core import DEFAULT_UNIFORM_CLAMP_EPSILON, POPULATION_MEAN, POPULATION_STD
+from qr_core import (
+    DEFAULT_AMPLIFIER,
+    DEFAULT_UNIFORM_CLAMP_EPSILON,
+    POPULATION_MEAN,
+    POPULATION_STD,
+)
 from qr_entropy import EntropySettings
 
 from qr_vllm._errors import ConfigValidationError
@@ -60,10 +65,16 @@ class QRSamplerConfig(EntropySettings):
 
     # --- sampling (per-request overridable) ---------------------------------
     signal_amplifier_type: str = Field(
-        default="zscore_mean", min_length=1, description="Amplifier name in qr_core's registry."
+        default=DEFAULT_AMPLIFIER,
+        min_length=1,
+        description="Amplifier name in qr_core's registry (randomized_pit, zscore_mean, ...).",
     )
     sample_count: int = Field(
-        default=20480, ge=1, le=MAX_SAMPLE_COUNT, description="Entropy bytes fetched per token."
+        default=20480,
+        ge=1,
+        le=MAX_SAMPLE_COUNT,
+        description="Entropy bytes summed per token (S bytes); the amplifier may fetch more "
+        "(randomized_pit: 7 V bytes per token).",
     )
     population_mean: float = Field(
         default=POPULATION_MEAN, gt=0.0, lt=255.0, description="Null-hypothesis mean of a byte."

@@ -2,20 +2,23 @@
 
 The step builds no object per token: it passes arrays for its rows (the
 ``(rows, 9)`` values of a sampled step, or the stop tokens of a failed one) and
-the fetch's provenance; the logger's writer thread makes the records.
+the fetch's provenance; the logger's writer thread makes the records. Each
+token's ``entropy_digest`` and the server's ids of its bytes come from the
+block's provenance (see ARCHITECTURE.md, design note "Audit chain").
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
-from qr_entropy import EntropySource, Provenance
+from qr_entropy import EntropyBlock, EntropySource, Provenance, row_digest
 
 from qr_vllm._failure import stop_tokens
 from qr_vllm._logger import SamplingLogger
-from qr_vllm._plan import RowSet
-from qr_vllm._records import RecordStatus, StepRecords
+from qr_vllm._plan import EntropyPlan, RowSet
+from qr_vllm._records import EngineIdentity, RecordStatus, StepRecords
 
 __all__ = ["RecordEmitter"]
 
@@ -28,23 +31,66 @@ class RecordEmitter:
         runner: ``v1`` or ``v2``, copied into records.
         source: The step's source, named in the records of a failed step.
         enabled: False on a tensor-parallel follower: the leader writes the group's records.
+        engine: The writer's identity, in every record.
     """
 
     def __init__(
-        self, sampling_logger: SamplingLogger, runner: str, source: EntropySource, *, enabled: bool
+        self,
+        sampling_logger: SamplingLogger,
+        runner: str,
+        source: EntropySource,
+        *,
+        enabled: bool,
+        engine: EngineIdentity,
     ) -> None:
         self.sampling_logger = sampling_logger
         self.runner = runner
         self.source = source
         self.enabled = enabled
+        self.engine = engine
 
-    def sampled(self, rows: RowSet, values: np.ndarray, prov: Provenance, latency_ns: int) -> None:
+    def sampled(
+        self,
+        rows: RowSet,
+        values: np.ndarray,
+        block: EntropyBlock,
+        plan: EntropyPlan,
+        latency_ns: int,
+    ) -> None:
         """Records of rows sampled with entropy; ``values`` is ``(rows, 9)`` float64."""
-        self._emit(rows, values, values[:, 0].astype(np.int64), prov, latency_ns=latency_ns)
+        if not self.enabled:
+            return
+        prov = block.provenance
+        count = len(rows.states)
+        if plan.uniform and len(prov.row_digests) == count:
+            # Row i of the block chose sampled row i's token.
+            digests: Sequence[str] = prov.row_digests
+            ids = [prov.row_source_ids(i) for i in range(count)]
+        else:
+            # Rows of several widths share one fetch of one row: each token's digest is
+            # of its own stretch (it names the bytes; a server's log, which digests the
+            # whole request, cannot confirm it).
+            digests = _stretch_digests(block.data, plan, count)
+            ids = [prov.row_source_ids(0)] * count
+        self._emit(
+            rows,
+            values,
+            values[:, 0].astype(np.int64),
+            prov,
+            latency_ns=latency_ns,
+            digests=digests,
+            sequence_ids=[i for i, _ in ids],
+            server_generated_ns=[t for _, t in ids],
+        )
 
-    def failed(self, rows: RowSet, error: str) -> None:
-        """Records of failed rows: each with its request's stop token (-1: none)."""
-        self._emit(rows, None, stop_tokens(rows.states), None, status="failed", error=error)
+    def failed(self, rows: RowSet, error: str, *, health: str = "not_tested") -> None:
+        """Records of failed rows: each with its request's stop token (-1: none).
+
+        ``health`` is ``failed`` when a health test of the primary's bytes caused it.
+        """
+        self._emit(
+            rows, None, stop_tokens(rows.states), None, status="failed", error=error, health=health
+        )
 
     def _emit(
         self,
@@ -56,6 +102,10 @@ class RecordEmitter:
         latency_ns: int = 0,
         status: RecordStatus = "ok",
         error: str = "",
+        health: str = "not_tested",
+        digests: Sequence[str] = (),
+        sequence_ids: Sequence[int] = (),
+        server_generated_ns: Sequence[int] = (),
     ) -> None:
         if not self.enabled:
             return
@@ -68,7 +118,7 @@ class RecordEmitter:
             health, device_id = str(prov.health.value), prov.device_id
         else:
             generated, source, fallback, reason = 0, self.source.name, False, ""
-            health, device_id = "not_tested", ""
+            device_id = ""
         self.sampling_logger.log_step(
             StepRecords(
                 runner=self.runner,
@@ -87,5 +137,21 @@ class RecordEmitter:
                 fetch_latency_ns=int(latency_ns),
                 generated_at_ns=int(generated),
                 timestamp_ns=now,
+                engine=self.engine,
+                digests=digests,
+                sequence_ids=sequence_ids,
+                server_generated_ns=server_generated_ns,
             )
         )
+
+
+def _stretch_digests(data: np.ndarray, plan: EntropyPlan, count: int) -> list[str]:
+    """The digest of each sampled row's own stretch of a one-row block."""
+    flat = data.reshape(-1)
+    out = [""] * count
+    for group in plan.groups:
+        width = group.row_bytes
+        for k, position in enumerate(group.positions.tolist()):
+            start = group.byte_offset + k * width
+            out[position] = row_digest(flat[start : start + width].data)
+    return out

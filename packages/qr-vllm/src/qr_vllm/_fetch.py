@@ -76,8 +76,8 @@ def amplify(data: np.ndarray, plan: EntropyPlan) -> tuple[np.ndarray, np.ndarray
     flat = data.reshape(-1)
     for group in plan.groups:
         count = group.positions.size
-        part = flat[group.byte_offset : group.byte_offset + count * group.sample_count]
-        res = group.amplifier.amplify_batch(part.reshape(count, group.sample_count))
+        part = flat[group.byte_offset : group.byte_offset + count * group.row_bytes]
+        res = group.amplifier.amplify_batch(part.reshape(count, group.row_bytes))
         u[group.positions] = res.u
         z[group.positions] = res.z_score
         mean[group.positions] = res.sample_mean

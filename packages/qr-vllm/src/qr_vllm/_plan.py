@@ -80,7 +80,8 @@ class AmplifierGroup:
     """Sampled rows that share one amplifier and sample count, and where their bytes lie."""
 
     amplifier: SignalAmplifier
-    sample_count: int
+    sample_count: int  # the S bytes of each row
+    row_bytes: int  # the bytes fetched per row: amplifier.row_bytes(sample_count)
     positions: np.ndarray  # int64 positions among the sampled rows
     byte_offset: int  # of the group's first byte in the flattened block
 
@@ -90,8 +91,9 @@ class EntropyPlan:
     """The step's one fetch and how its bytes become one u per sampled row.
 
     When every row has the same amplifier and sample count the block is fetched
-    as (rows, sample_count) and amplified in one call; otherwise it is fetched as
-    (1, total_bytes) and each group reads its own stretch of it.
+    as (rows, row_bytes) and amplified in one call; otherwise it is fetched as
+    (1, total_bytes) and each group reads its own stretch of it (``row_bytes`` is
+    what the amplifier reads per row: ``sample_count`` plus its V bytes).
     """
 
     groups: tuple[AmplifierGroup, ...]
@@ -256,10 +258,11 @@ def _entropy_plan(states: Sequence[SlotState]) -> EntropyPlan:
     offset = 0
     for (amplifier, count), positions in group_rows(keys):
         pos = np.arange(len(states), dtype=np.int64) if positions is None else positions
-        groups.append(AmplifierGroup(amplifier, count, pos, offset))
-        offset += pos.size * count
+        width = amplifier.row_bytes(count)
+        groups.append(AmplifierGroup(amplifier, count, width, pos, offset))
+        offset += pos.size * width
     if len(groups) == 1:
-        return EntropyPlan(tuple(groups), len(states), groups[0].sample_count, uniform=True)
+        return EntropyPlan(tuple(groups), len(states), groups[0].row_bytes, uniform=True)
     return EntropyPlan(tuple(groups), 1, offset, uniform=False)
 
 

@@ -3,7 +3,8 @@
 The hot path does not build one object per token: it hands a `StepRecords`
 (a few arrays for the whole batch plus the step's provenance) to the logger,
 and the records writer thread turns it into `TokenSamplingRecord` objects and
-JSON lines off the hot path.
+JSON lines off the hot path. `RECORDS_SCHEMA` versions the fields; README,
+"Records", lists what each version holds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["RecordStatus", "RequestInfo", "StepRecords", "TokenSamplingRecord"]
+__all__ = [
+    "RECORDS_SCHEMA",
+    "EngineIdentity",
+    "RecordStatus",
+    "RequestInfo",
+    "StepRecords",
+    "TokenSamplingRecord",
+]
+
+#: Version of the record fields: 1 had no identity, amplifier widths or digests; 2 adds
+#: ``records_schema``, ``engine_id``, ``dp_rank``, ``s_bytes``, ``v_bytes``,
+#: ``entropy_digest``, ``entropy_sequence_id`` and ``entropy_generated_ns``.
+RECORDS_SCHEMA = 2
 
 RecordStatus = Literal["ok", "failed"]
 
@@ -40,6 +53,11 @@ class TokenSamplingRecord:
     """How one token was chosen: one line of the records file.
 
     Attributes:
+        records_schema: `RECORDS_SCHEMA` of the writer.
+        engine_id: UUID of the processor instance that wrote the record (a new one per
+            engine process, restarts included); with ``request_serial`` it names a
+            request uniquely across pooled files.
+        dp_rank: vLLM's data-parallel rank of the engine, None without data parallelism.
         request_serial: Number of the request within this engine process (1, 2, ...),
             in the order requests entered the batch.
         sequence_number: Index of this token among the request's sampled tokens (0-based).
@@ -54,9 +72,13 @@ class TokenSamplingRecord:
         token_prob: Its probability after temperature, filters and renormalisation.
         num_candidates: Tokens left after top-k, top-p and min-p.
         u: The uniform value that chose the token.
-        z_score: z of the bytes' mean under the null hypothesis.
-        sample_mean: Mean of the bytes.
-        sample_count: Entropy bytes used for this token.
+        z_score: z of the S bytes' mean under the null hypothesis.
+        sample_mean: Mean of the S bytes.
+        sample_count: The request's ``sample_count``: the bytes summed into S (0 for a
+            failed record).
+        s_bytes: Bytes of the token's row summed into S (= ``sample_count``).
+        v_bytes: Further bytes of the row the amplifier read (randomized_pit: 7 for
+            V; zscore_mean: 0). The token's row holds ``s_bytes + v_bytes`` bytes.
         temperature: Temperature applied.
         shannon_entropy: Natural-log entropy of the unscaled distribution.
         top_k: The request's top-k (0: off).
@@ -67,8 +89,18 @@ class TokenSamplingRecord:
         entropy_source: Name of the source that actually produced the bytes.
         is_fallback: True when the bytes came from the fallback source.
         fallback_reason: The primary source's error when ``is_fallback``.
-        health: Health-test status of the bytes (``ok``, ``failed``, ``not_tested``).
+        health: Health-test status: ``ok`` or ``not_tested`` for the bytes that chose
+            the token; ``failed`` when the primary's bytes failed a health test, so the
+            token came from the fallback (``is_fallback``) or the request failed.
         device_id: Device that produced the bytes, when the source reports one.
+        entropy_digest: BLAKE2b-128 (hex) of exactly the bytes of the token's row
+            (``s_bytes + v_bytes``), as the source received them; what
+            ``qr-entropy audit verify`` looks up in a server's audit log. Empty for
+            a failed record.
+        entropy_sequence_id: The gRPC ``sequence_id`` of the request that served the
+            row (0: the source has none).
+        entropy_generated_ns: The server's ``generation_timestamp_ns`` of that request,
+            server Unix ns (0: the source reports none).
         entropy_fetch_ms: Wall time of the fetch that produced the bytes (whole batch).
         entropy_generated_at_ns: When the bytes were produced, Unix time in ns.
         timestamp_ns: When the token was chosen, Unix time in ns.
@@ -77,6 +109,9 @@ class TokenSamplingRecord:
         error: Why the request failed (empty when ``status`` is ``ok``).
     """
 
+    records_schema: int
+    engine_id: str
+    dp_rank: int | None
     request_serial: int
     sequence_number: int
     slot: int
@@ -91,6 +126,8 @@ class TokenSamplingRecord:
     z_score: float | None
     sample_mean: float | None
     sample_count: int
+    s_bytes: int
+    v_bytes: int
     temperature: float | None
     shannon_entropy: float | None
     top_k: int
@@ -103,6 +140,9 @@ class TokenSamplingRecord:
     fallback_reason: str
     health: str
     device_id: str
+    entropy_digest: str
+    entropy_sequence_id: int
+    entropy_generated_ns: int
     entropy_fetch_ms: float
     entropy_generated_at_ns: int
     timestamp_ns: int
@@ -131,11 +171,20 @@ class RequestInfo:
     temperature_strategy: str
     signal_amplifier: str
     sample_count: int
+    v_bytes: int
     top_k: int
     top_p: float
     min_p: float
     log_full: bool
     diagnostic: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EngineIdentity:
+    """Who writes the records: the same for every record of one processor instance."""
+
+    engine_id: str
+    dp_rank: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +209,10 @@ class StepRecords:
         fetch_latency_ns: Wall time of the fetch.
         generated_at_ns: When the bytes were produced (Unix ns).
         timestamp_ns: When the step's tokens were chosen (Unix ns).
+        engine: The writer's identity.
+        digests: Per row, the digest of its bytes (empty: none, a failed step).
+        sequence_ids: Per row, the sequence id of its request (empty: 0 for all).
+        server_generated_ns: Per row, that request's generation time (empty: 0).
     """
 
     runner: str
@@ -178,6 +231,10 @@ class StepRecords:
     fetch_latency_ns: int
     generated_at_ns: int
     timestamp_ns: int
+    engine: EngineIdentity
+    digests: Sequence[str] = ()
+    sequence_ids: Sequence[int] = ()
+    server_generated_ns: Sequence[int] = ()
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -190,10 +247,15 @@ class StepRecords:
         seqs = self.sequence_numbers.tolist()
         tokens = self.token_ids.tolist()
         fetch_ms = self.fetch_latency_ns / 1e6
+        engine = self.engine
+        digests, ids, gen = self.digests, self.sequence_ids, self.server_generated_ns
         for i, info in enumerate(self.requests):
             row = values[i] if values is not None else None
             out.append(
                 TokenSamplingRecord(
+                    records_schema=RECORDS_SCHEMA,
+                    engine_id=engine.engine_id,
+                    dp_rank=engine.dp_rank,
                     request_serial=info.request_serial,
                     sequence_number=int(seqs[i]),
                     slot=int(slots[i]),
@@ -208,6 +270,8 @@ class StepRecords:
                     z_score=None if row is None else _finite(row[7]),
                     sample_mean=None if row is None else _finite(row[8]),
                     sample_count=info.sample_count if row is not None else 0,
+                    s_bytes=info.sample_count if row is not None else 0,
+                    v_bytes=info.v_bytes if row is not None else 0,
                     temperature=None if row is None else _finite(row[4]),
                     shannon_entropy=None if row is None else _finite(row[5]),
                     top_k=info.top_k,
@@ -220,6 +284,9 @@ class StepRecords:
                     fallback_reason=self.fallback_reason,
                     health=self.health,
                     device_id=self.device_id,
+                    entropy_digest=digests[i] if digests else "",
+                    entropy_sequence_id=int(ids[i]) if ids else 0,
+                    entropy_generated_ns=int(gen[i]) if gen else 0,
                     entropy_fetch_ms=fetch_ms,
                     entropy_generated_at_ns=self.generated_at_ns,
                     timestamp_ns=self.timestamp_ns,

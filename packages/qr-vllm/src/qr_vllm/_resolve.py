@@ -91,6 +91,7 @@ class RequestResolver:
                 AmplifierRegistry, config.signal_amplifier_type, config, "signal_amplifier_type"
             ),
         )
+        _check_amplifier(resolved)
         self._cache[key] = resolved
         if len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
@@ -115,3 +116,15 @@ class RequestResolver:
                 ) from exc
             self._components[key] = component
         return component
+
+
+def _check_amplifier(resolved: ResolvedRequest) -> None:
+    """Refuse what the amplifier cannot do: rows wider than one fetch may be."""
+    config = resolved.config
+    width = resolved.amplifier.row_bytes(config.sample_count)
+    if width > config.max_request_bytes:
+        raise ConfigValidationError(
+            f"sample_count={config.sample_count} with signal_amplifier_type="
+            f"{config.signal_amplifier_type!r} needs {width} bytes per token, more than "
+            f"max_request_bytes={config.max_request_bytes}"
+        )

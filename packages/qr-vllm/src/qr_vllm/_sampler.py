@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
 import torch
 from qr_core import TokenSelector
-from qr_entropy import EntropySource, EntropyUnavailableError
+from qr_entropy import EntropySource, EntropyUnavailableError, HealthTestFailure
 
 from qr_vllm import _failure
 from qr_vllm._device import DevicePlan, StepBuffers, as_tensor, force
@@ -38,12 +39,18 @@ from qr_vllm._emit import RecordEmitter
 from qr_vllm._fetch import Fetcher, amplify
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import BatchPlan, build_plan, plan_key
+from qr_vllm._records import EngineIdentity
 from qr_vllm._slots import SlotTable
 from qr_vllm._tp import exchange_for
 
 logger = logging.getLogger("qr_sampler")
 
-__all__ = ["BatchSampler"]
+__all__ = ["VLLM_GREEDY_BELOW", "BatchSampler"]
+
+#: vLLM samples greedily below this temperature; qr-core only at T <= 0. Temperatures
+#: below it are sent to qr-core as 0, so a qr arm and a bypass arm agree (see
+#: ARCHITECTURE.md, design note "Filter order").
+VLLM_GREEDY_BELOW = 1e-5
 
 
 class BatchSampler:
@@ -57,6 +64,7 @@ class BatchSampler:
         runner: ``v1`` or ``v2``, copied into records.
         tp_group: vLLM's tensor-parallel group coordinator when it has more than one
             rank (see `qr_vllm._tp`), else None.
+        engine: The records' writer identity (a fresh engine id when None).
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class BatchSampler:
         runner: str,
         *,
         tp_group: Any | None = None,
+        engine: EngineIdentity | None = None,
     ) -> None:
         self.source = source
         self._tp = exchange_for(tp_group)
@@ -80,7 +89,12 @@ class BatchSampler:
         self.slots = SlotTable()
         self.selector = TokenSelector()
         self.failed_requests = 0
-        self._records = RecordEmitter(sampling_logger, runner, source, enabled=not self.follower)
+        if engine is None:
+            engine = EngineIdentity(uuid.uuid4().hex, None)
+        self.engine = engine
+        self._records = RecordEmitter(
+            sampling_logger, runner, source, enabled=not self.follower, engine=engine
+        )
         self._fetcher = Fetcher(source)
         self._buffers = StepBuffers(device, pin_memory)
         self._plan: DevicePlan | None = None
@@ -111,7 +125,8 @@ class BatchSampler:
             # Nothing may take the shared engine down: see qr_vllm._failure.
             if not _failure.is_expected(exc):
                 logger.exception("qr-sampler step failed unexpectedly; failing its requests")
-            self._fail(logits, dev, _failure.describe(exc))
+            health = "failed" if isinstance(exc, HealthTestFailure) else "not_tested"
+            self._fail(logits, dev, _failure.describe(exc), health=health)
             u = None
         if self._tp is not None:
             # Every step that samples rows broadcasts, failed or not: the followers wait for it.
@@ -170,7 +185,7 @@ class BatchSampler:
         values[:, 6] = u
         values[:, 7] = z
         values[:, 8] = mean
-        self._records.sampled(plan.sampled, values, prov, latency)
+        self._records.sampled(plan.sampled, values, block, plan.entropy, latency)
         return u_dev
 
     def _follow(self, logits: torch.Tensor, dev: DevicePlan) -> None:
@@ -209,7 +224,9 @@ class BatchSampler:
         groups = dev.plan.temperature
         if len(groups) == 1:
             result = groups[0].strategy.compute_batch(sub)
-            return as_tensor(result.temperature, sub), as_tensor(result.shannon_entropy, sub)
+            return _greedy(as_tensor(result.temperature, sub)), as_tensor(
+                result.shannon_entropy, sub
+            )
         buffers = self._buffers
         assert buffers.temperature is not None
         assert buffers.entropy is not None
@@ -220,7 +237,7 @@ class BatchSampler:
             result = group.strategy.compute_batch(sub.index_select(0, positions))
             t_out.index_copy_(0, positions, as_tensor(result.temperature, sub).to(t_out.dtype))
             h_out.index_copy_(0, positions, as_tensor(result.shannon_entropy, sub).to(h_out.dtype))
-        return t_out, h_out
+        return _greedy(t_out), h_out
 
     def _prepare(self, sub: torch.Tensor, temperature: torch.Tensor, dev: DevicePlan) -> Any:
         assert dev.top_k is not None
@@ -242,9 +259,13 @@ class BatchSampler:
         if dev.forced_rows.numel():
             force(logits, dev.forced_rows, dev.forced_tokens)
         failed = dev.plan.failed
-        self._records.failed(failed, failed.states[0].failure)
+        error = failed.states[0].failure
+        health = "failed" if error.startswith(HealthTestFailure.__name__) else "not_tested"
+        self._records.failed(failed, error, health=health)
 
-    def _fail(self, logits: torch.Tensor, dev: DevicePlan, error: str) -> None:
+    def _fail(
+        self, logits: torch.Tensor, dev: DevicePlan, error: str, *, health: str = "not_tested"
+    ) -> None:
         """Fail the step's requests: stop tokens now, and failed rows from the next plan on."""
         sampled = dev.plan.sampled
         self.failed_requests += _failure.fail_requests(sampled.states, error)
@@ -253,7 +274,7 @@ class BatchSampler:
         if rows.size:
             rows_t = torch.as_tensor(rows, device=logits.device)
             force(logits, rows_t, torch.as_tensor(tokens, device=logits.device))
-        self._records.failed(sampled, error)
+        self._records.failed(sampled, error, health=health)
 
     # --- planning (once per batch change) ------------------------------------
 
@@ -279,3 +300,8 @@ class BatchSampler:
         dev = DevicePlan.build(plan, int(logits.shape[1]), logits.device)
         self._plan, self._plan_version = dev, self.slots.version
         return dev
+
+
+def _greedy(temperature: torch.Tensor) -> torch.Tensor:
+    """vLLM's greedy rule on qr-core's switch: T below `VLLM_GREEDY_BELOW` becomes 0."""
+    return temperature.masked_fill(temperature < VLLM_GREEDY_BELOW, 0.0)
