@@ -50,7 +50,8 @@ class Provenance:
         generated_at_ns: ``time.monotonic_ns()`` when the bytes were produced
             or received.
         health: Health-test outcome for these bytes (``NOT_TESTED`` for
-            sources that are not physical noise sources).
+            sources that are not physical noise sources); with ``is_fallback``,
+            ``FAILED`` says the primary's bytes failed a health test.
         device_id: The producing device, when the source knows it (for
             example the gRPC server's device_id).
         fetch_latency_ns: Wall time of the fetch in nanoseconds.
