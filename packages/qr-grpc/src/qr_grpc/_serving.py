@@ -19,6 +19,7 @@ from qr_grpc._address import GrpcAddress, parse_address
 from qr_grpc._errors import GrpcConfigError
 from qr_grpc._proto import entropy_service_pb2
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
+from qr_grpc._server_metrics import ServerMetrics
 from qr_grpc._servicer import EntropyServicer
 from qr_grpc._settings import DEFAULT_MAX_BYTES_PER_REQUEST, RESPONSE_FRAMING_BYTES
 
@@ -140,6 +141,7 @@ def serve(
     max_workers: int = 16,
     close_source: bool = False,
     audit_log: AuditLog | None = None,
+    metrics: ServerMetrics | None = None,
 ) -> EntropyServer:
     """Start an entropy server in this process and return its handle.
 
@@ -164,6 +166,7 @@ def serve(
         close_source: Close ``source`` when the server stops.
         audit_log: Write a line per response here before sending it; the caller
             closes it after `EntropyServer.stop`.
+        metrics: Count and time every request in these Prometheus metrics.
 
     Returns:
         The running server.
@@ -227,18 +230,22 @@ def serve(
         jitter_s=delay_jitter_ms / 1000.0,
         audit=audit_log,
     )
+    get_entropy: Any = servicer.GetEntropy
+    stream_entropy: Any = servicer.StreamEntropy
+    if metrics is not None:
+        get_entropy, stream_entropy = metrics.instrument(get_entropy, stream_entropy)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
                 SERVICE_NAME,
                 {
                     "GetEntropy": grpc.unary_unary_rpc_method_handler(
-                        servicer.GetEntropy,
+                        get_entropy,
                         request_deserializer=EntropyRequest.FromString,
                         response_serializer=EntropyResponse.SerializeToString,
                     ),
                     "StreamEntropy": grpc.stream_stream_rpc_method_handler(
-                        servicer.StreamEntropy,
+                        stream_entropy,
                         request_deserializer=EntropyRequest.FromString,
                         response_serializer=EntropyResponse.SerializeToString,
                     ),

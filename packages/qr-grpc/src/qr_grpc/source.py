@@ -163,7 +163,7 @@ class QuantumGrpcSource(EntropySource):
         return self._breaker.state is not CircuitState.OPEN or self._breaker.retry_after_s() == 0
 
     def get_random_bytes(self, n: int) -> bytes:
-        """Fetch exactly n bytes with one request.
+        """Fetch exactly n bytes (one request, or several above the per-request limit).
 
         Raises:
             EntropyConfigError: n is negative or above ``max_request_bytes``.
@@ -189,7 +189,9 @@ class QuantumGrpcSource(EntropySource):
     def fetch_block(self, rows: int, n: int) -> EntropyBlock:
         """Fetch a (rows, n) uint8 block with one request of rows * n bytes.
 
-        The block is a read-only view of the response payload (no copy).
+        Above ``grpc_max_bytes_per_request`` the fetch is split into several requests
+        sent one after another. The block is a read-only view of the response payload
+        (no copy when one request served it).
 
         Raises:
             EntropyConfigError: A negative count or a total above ``max_request_bytes``.

@@ -1,8 +1,8 @@
 """Record emission: a step's outcome handed to the records logger as one `StepRecords`.
 
-The step builds no object per token: it passes arrays for its rows (the
-``(rows, 9)`` values of a sampled step, or the stop tokens of a failed one) and
-the fetch's provenance; the logger's writer thread makes the records. Each
+The step builds no object per token: it passes arrays for its rows (the values
+of a sampled step, one `Column` each, or the stop tokens of a failed one) and the
+fetch's provenance; the logger's writer thread makes the records. Each
 token's ``entropy_digest`` and the server's ids of its bytes come from the
 block's provenance (see ARCHITECTURE.md, design note "Audit chain").
 """
@@ -18,7 +18,7 @@ from qr_entropy import EntropyBlock, EntropySource, Provenance, row_digest
 from qr_vllm._failure import stop_tokens
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import EntropyPlan, RowSet
-from qr_vllm._records import EngineIdentity, RecordStatus, StepRecords
+from qr_vllm._records import Column, EngineIdentity, RecordStatus, StepRecords
 
 __all__ = ["RecordEmitter"]
 
@@ -57,7 +57,7 @@ class RecordEmitter:
         plan: EntropyPlan,
         latency_ns: int,
     ) -> None:
-        """Records of rows sampled with entropy; ``values`` is ``(rows, 9)`` float64."""
+        """Records of rows sampled with entropy; ``values`` has one `Column` each."""
         if not self.enabled:
             return
         prov = block.provenance
@@ -75,7 +75,7 @@ class RecordEmitter:
         self._emit(
             rows,
             values,
-            values[:, 0].astype(np.int64),
+            values[:, Column.TOKEN_ID].astype(np.int64),
             prov,
             latency_ns=latency_ns,
             digests=digests,
