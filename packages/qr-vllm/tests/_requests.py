@@ -34,6 +34,7 @@ def info(resolved: ResolvedRequest, serial: int) -> RequestInfo:
         config_hash=resolved.config_hash,
         temperature_strategy=resolved.strategy.name,
         signal_amplifier=resolved.amplifier.name,
+        source=config.source,
         sample_count=config.sample_count,
         v_bytes=resolved.amplifier.row_bytes(config.sample_count) - config.sample_count,
         top_k=max(config.top_k, 0),

@@ -16,6 +16,7 @@ def info(serial: int = 1, *, full: bool = False, diagnostic: bool = False) -> Re
         config_hash="0123456789abcdef",
         temperature_strategy="fixed",
         signal_amplifier="zscore_mean",
+        source="default",
         sample_count=16,
         v_bytes=0,
         top_k=50,

@@ -28,6 +28,7 @@ from qr_core import (
 from qr_entropy import EntropySettings
 
 from qr_vllm._errors import ConfigValidationError
+from qr_vllm._sources import DEFAULT_SOURCE, check_sources, known_sources
 
 __all__ = [
     "EXTRA_ARGS_PREFIX",
@@ -146,6 +147,19 @@ class QRSamplerConfig(EntropySettings):
     diagnostic_max_records: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
     )
+    sources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named entropy sources besides the engine's own ('default'), as JSON: "
+        "name -> entropy settings (and grpc_* / cb_* transport settings); requests pick one "
+        "with qr_source.",
+    )
+    source: str = Field(
+        default=DEFAULT_SOURCE,
+        min_length=1,
+        max_length=64,
+        description="Which named source chooses this request's tokens ('default': the "
+        "engine's own; else a name of QR_SOURCES).",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,
@@ -182,6 +196,12 @@ class QRSamplerConfig(EntropySettings):
                 f"sample_count={self.sample_count} exceeds max_request_bytes="
                 f"{self.max_request_bytes}"
             )
+        check_sources(self.sources)
+        if self.source not in known_sources(self.sources):
+            raise ValueError(
+                f"source={self.source!r} is not a known source; known: "
+                f"{', '.join(known_sources(self.sources))}"
+            )
         return self
 
 
@@ -207,6 +227,7 @@ PER_REQUEST_FIELDS: frozenset[str] = frozenset(
         "label",
         "log_level",
         "diagnostic_mode",
+        "source",
     }
 )
 
@@ -244,6 +265,9 @@ _HASH_EXCLUDED = frozenset(
         "metrics_host",
         "metrics_drift_window",
         "metrics_drift_z_threshold",
+        # Where the bytes come from, not how they choose: both arms of a study share a hash.
+        "source",
+        "sources",
     }
 )
 

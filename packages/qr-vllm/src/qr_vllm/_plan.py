@@ -30,6 +30,7 @@ __all__ = [
     "Filters",
     "PenaltyRows",
     "RowSet",
+    "SourcePlan",
     "TemperatureGroup",
     "build_plan",
 ]
@@ -103,6 +104,16 @@ class EntropyPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """Sampled rows that draw from one named source, and that source's one fetch."""
+
+    name: str
+    positions: np.ndarray | None  # int64 positions among the sampled rows; None: all of them
+    rows: RowSet
+    entropy: EntropyPlan
+
+
+@dataclass(frozen=True, slots=True)
 class PenaltyRows:
     """Sampled rows whose request asks for repetition / frequency / presence penalties."""
 
@@ -127,7 +138,9 @@ class BatchPlan:
             those tokens; the rest are left to vLLM.
         filters: Per sampled row, top-k / top-p / min-p (None when none is sampled).
         temperature: Sampled rows grouped by temperature strategy.
-        entropy: The fetch and the amplifier groups (None when no row is sampled).
+        entropy: The fetch and the amplifier groups when every sampled row draws from
+            one source (None when no row is sampled or several sources are in use).
+        sources: Per named source in use, its rows and its fetch (one per source).
         penalties: Rows with penalties (runner V1), None when none has any.
     """
 
@@ -142,6 +155,7 @@ class BatchPlan:
     temperature: tuple[TemperatureGroup, ...] = ()
     entropy: EntropyPlan | None = None
     penalties: PenaltyRows | None = None
+    sources: tuple[SourcePlan, ...] = ()
 
 
 def plan_key(row_slots: np.ndarray | None) -> bytes:
@@ -203,6 +217,7 @@ def build_plan(
             forced_tokens=forced_tokens,
         )
     cfgs = [s.request.config for s in states]
+    sources = _source_plans(sampled)
     return BatchPlan(
         n_rows=n_rows,
         key=plan_key(row_slots) if key is None else key,
@@ -222,8 +237,9 @@ def build_plan(
             TemperatureGroup(strategy, positions)
             for strategy, positions in group_rows([s.request.strategy for s in states])
         ),
-        entropy=_entropy_plan(states),
+        entropy=sources[0].entropy if len(sources) == 1 else None,
         penalties=_penalty_rows(states) if with_penalties else None,
+        sources=sources,
     )
 
 
@@ -264,6 +280,24 @@ def _entropy_plan(states: Sequence[SlotState]) -> EntropyPlan:
     if len(groups) == 1:
         return EntropyPlan(tuple(groups), len(states), groups[0].row_bytes, uniform=True)
     return EntropyPlan(tuple(groups), 1, offset, uniform=False)
+
+
+def _source_plans(sampled: RowSet) -> tuple[SourcePlan, ...]:
+    """The sampled rows by named source, in order of first appearance."""
+    states = sampled.states
+    names = [s.request.config.source for s in states]
+    if all(name == names[0] for name in names):
+        return (SourcePlan(names[0], None, sampled, _entropy_plan(states)),)
+    order: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        order.setdefault(name, []).append(i)
+    plans = []
+    for name, positions in order.items():
+        pos = np.asarray(positions, dtype=np.int64)
+        chosen = [states[i] for i in positions]
+        rows = RowSet(sampled.rows[pos], tuple(chosen), sampled.slot_ids[pos])
+        plans.append(SourcePlan(name, pos, rows, _entropy_plan(chosen)))
+    return tuple(plans)
 
 
 def _penalty_rows(states: Sequence[SlotState]) -> PenaltyRows | None:

@@ -32,7 +32,7 @@ __all__ = [
 
 #: Version of the record fields: 1 had no identity, amplifier widths or digests; 2 adds
 #: ``records_schema``, ``engine_id``, ``dp_rank``, ``s_bytes``, ``v_bytes``,
-#: ``entropy_digest``, ``entropy_sequence_id`` and ``entropy_generated_ns``.
+#: ``entropy_digest``, ``entropy_sequence_id``, ``entropy_generated_ns`` and ``qr_source``.
 RECORDS_SCHEMA = 2
 
 RecordStatus = Literal["ok", "failed"]
@@ -97,6 +97,8 @@ class TokenSamplingRecord:
         min_p: The request's min-p (0.0: off).
         temperature_strategy: Name of the temperature strategy.
         signal_amplifier: Name of the amplifier.
+        qr_source: The named source the request drew from (``default``: the engine's
+            own; else a name of ``QR_SOURCES``).
         entropy_source: Name of the source that actually produced the bytes.
         is_fallback: True when the bytes came from the fallback source.
         fallback_reason: The primary source's error when ``is_fallback``.
@@ -146,6 +148,7 @@ class TokenSamplingRecord:
     min_p: float
     temperature_strategy: str
     signal_amplifier: str
+    qr_source: str
     entropy_source: str
     is_fallback: bool
     fallback_reason: str
@@ -181,6 +184,7 @@ class RequestInfo:
     config_hash: str
     temperature_strategy: str
     signal_amplifier: str
+    source: str
     sample_count: int
     v_bytes: int
     top_k: int
@@ -291,6 +295,7 @@ class StepRecords:
                     min_p=info.min_p,
                     temperature_strategy=info.temperature_strategy,
                     signal_amplifier=info.signal_amplifier,
+                    qr_source=info.source,
                     entropy_source=self.entropy_source,
                     is_fallback=self.is_fallback,
                     fallback_reason=self.fallback_reason,

@@ -26,6 +26,7 @@ from qr_core import (
 
 from qr_vllm._config import QRSamplerConfig, config_hash, resolve_config
 from qr_vllm._errors import ConfigValidationError
+from qr_vllm._sources import known_sources
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class RequestResolver:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
+        _check_source(self.defaults, extra_args)
         config = resolve_config(self.defaults, extra_args)
         resolved = ResolvedRequest(
             config=config,
@@ -127,4 +129,14 @@ def _check_amplifier(resolved: ResolvedRequest) -> None:
             f"sample_count={config.sample_count} with signal_amplifier_type="
             f"{config.signal_amplifier_type!r} needs {width} bytes per token, more than "
             f"max_request_bytes={config.max_request_bytes}"
+        )
+
+
+def _check_source(defaults: QRSamplerConfig, extra_args: Mapping[str, Any] | None) -> None:
+    """Refuse a ``qr_source`` that names no source of this engine, listing the known ones."""
+    name = (extra_args or {}).get("qr_source")
+    known = known_sources(defaults.sources)
+    if name is not None and name not in known:
+        raise ConfigValidationError(
+            f"qr_source={name!r} is not a known source; known: {', '.join(known)}"
         )

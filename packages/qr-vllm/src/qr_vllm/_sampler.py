@@ -4,8 +4,9 @@ One call of `BatchSampler.sample` per decode step:
 
 1. (runner V1) the request's repetition / frequency / presence penalties, with
    vLLM's own penalty function, on the rows that ask for them (`qr_vllm._penalties`);
-2. **one** entropy fetch of rows × sample_count bytes, requested now that every
-   row's logits exist, on the fetch thread (`qr_vllm._fetch`); meanwhile:
+2. **one** entropy fetch per named source in use (rows × row bytes each),
+   requested now that every row's logits exist, on that source's fetch thread
+   (`qr_vllm._fetch`), all in flight together; meanwhile:
 3. temperature and Shannon entropy for every row, through qr_core, on the
    logits' device (one call per distinct strategy), and the batched selection
    with per-row top-k / top-p / min-p up to its last step (`prepare_batch`);
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,7 @@ from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import BatchPlan, build_plan, plan_key
 from qr_vllm._records import DEVICE_COLUMNS, N_VALUE_COLUMNS, Column, EngineIdentity
 from qr_vllm._slots import SlotTable
+from qr_vllm._sources import DEFAULT_SOURCE
 from qr_vllm._tp import exchange_for
 
 logger = logging.getLogger("qr_sampler")
@@ -65,6 +68,7 @@ class BatchSampler:
         tp_group: vLLM's tensor-parallel group coordinator when it has more than one
             rank (see `qr_vllm._tp`), else None.
         engine: The records' writer identity (a fresh engine id when None).
+        sources: The named sources of ``QR_SOURCES`` (``source`` is ``default``).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class BatchSampler:
         *,
         tp_group: Any | None = None,
         engine: EngineIdentity | None = None,
+        sources: Mapping[str, EntropySource] | None = None,
     ) -> None:
         self.source = source
         self._tp = exchange_for(tp_group)
@@ -95,7 +100,10 @@ class BatchSampler:
         self._records = RecordEmitter(
             sampling_logger, runner, source, enabled=not self.follower, engine=engine
         )
-        self._fetcher = Fetcher(source)
+        #: One fetch thread per named source ("default": ``source``).
+        self._fetchers = {DEFAULT_SOURCE: Fetcher(source)}
+        for name, named in (sources or {}).items():
+            self._fetchers[name] = Fetcher(named)
         self._buffers = StepBuffers(device, pin_memory)
         self._plan: DevicePlan | None = None
         self._plan_version = -1
@@ -133,32 +141,53 @@ class BatchSampler:
             self._tp.send(u, plan.sampled.size, logits.device)
 
     def close(self) -> None:
-        """Stop the fetch thread (after the fetch in flight, if any)."""
-        self._fetcher.close()
+        """Stop the fetch threads (after the fetches in flight, if any)."""
+        for fetcher in self._fetchers.values():
+            fetcher.close()
+
+    def _fetcher_for(self, name: str) -> Fetcher:
+        fetcher = self._fetchers.get(name)
+        if fetcher is None:
+            # Admission refuses unknown names; an engine configured apart from its API
+            # server may still see one. The step fails, not the engine.
+            raise EntropyUnavailableError(
+                f"qr_source={name!r} is not a source of this engine; known: "
+                f"{', '.join(self._fetchers)}"
+            )
+        return fetcher
 
     # --- the leader's and the followers' steps --------------------------------
 
     def _lead(self, logits: torch.Tensor, dev: DevicePlan) -> torch.Tensor:
         """The leader's step (the only one without tensor parallelism); returns u on the device."""
         plan = dev.plan
-        assert plan.entropy is not None
+        assert plan.sources
         rows = plan.sampled.size
         sub = self._rows_logits(logits, dev)
 
         # Just in time: every row's logits (penalties applied) exist now; this is the
-        # step's only fetch. It runs on the fetch thread while everything that does not
-        # need u is done here: temperatures, entropies, and the selection up to the
-        # inverse CDF (candidates, order, masses). A device or network round trip
-        # overlaps with that work instead of adding to it.
+        # step's only fetch per source in use, each on its source's fetch thread, all
+        # in flight together while everything that does not need u is done here:
+        # temperatures, entropies, and the selection up to the inverse CDF
+        # (candidates, order, masses). A device or network round trip overlaps with
+        # that work instead of adding to it.
         started = time.monotonic_ns()
-        pending = self._fetcher.start(plan.entropy)
+        pending = [self._fetcher_for(group.name).start(group.entropy) for group in plan.sources]
         temperature, entropy = self._temperature(sub, dev)
         prepared = self._prepare(sub, temperature, dev)
-        block = pending.result()
-        prov = block.provenance
-        latency = prov.fetch_latency_ns or (time.monotonic_ns() - started)
+        blocks = [p.result() for p in pending]
+        done = time.monotonic_ns()
 
-        u, z, mean = amplify(block.data, plan.entropy)
+        if len(blocks) == 1:
+            u, z, mean = amplify(blocks[0].data, plan.sources[0].entropy)
+        else:
+            u = np.empty(rows, dtype=np.float64)
+            z = np.empty(rows, dtype=np.float64)
+            mean = np.empty(rows, dtype=np.float64)
+            for group, block in zip(plan.sources, blocks, strict=True):
+                u[group.positions], z[group.positions], mean[group.positions] = amplify(
+                    block.data, group.entropy
+                )
         u_dev = self._buffers.u_to_device(u, rows)
         sel = prepared.select(u_dev)
         token_ids = as_tensor(sel.token_id, logits)
@@ -185,7 +214,10 @@ class BatchSampler:
         values[:, Column.U] = u
         values[:, Column.Z_SCORE] = z
         values[:, Column.SAMPLE_MEAN] = mean
-        self._records.sampled(plan.sampled, values, block, plan.entropy, latency)
+        for group, block in zip(plan.sources, blocks, strict=True):
+            latency = block.provenance.fetch_latency_ns or (done - started)
+            part = values if group.positions is None else values[group.positions]
+            self._records.sampled(group.rows, part, block, group.entropy, latency)
         return u_dev
 
     def _follow(self, logits: torch.Tensor, dev: DevicePlan) -> None:

@@ -44,6 +44,7 @@ from qr_vllm._records import EngineIdentity, RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
 from qr_vllm._sampler import BatchSampler
 from qr_vllm._slots import SlotState
+from qr_vllm._sources import build_named_sources
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -96,6 +97,10 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self._source: EntropySource = _LeaderDrawsSource()
         else:
             self._source = source if source is not None else build_entropy_source(self.config)
+        #: The named sources of ``QR_SOURCES`` (the engine's own is ``default``).
+        self._named: dict[str, EntropySource] = (
+            {} if follower else build_named_sources(self.config, self.config.sources)
+        )
         #: This instance's identity in its records (a new engine_id per process).
         self.engine = EngineIdentity(uuid.uuid4().hex, _data_parallel_rank(vllm_config))
         records_path = _records_path(self.config.records_path, self.engine)
@@ -113,6 +118,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             runner,
             tp_group=tp_group,
             engine=self.engine,
+            sources=self._named,
         )
         _warm_default_amplifier(self._resolver)
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
@@ -135,6 +141,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self.sampling_logger,
             self._source,
             self._metrics,
+            tuple(self._named.values()),
         )
         if follower:
             assert tp_group is not None
@@ -148,10 +155,12 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             )
             return
         logger.info(
-            "qr-sampler ready on runner %s (%s): source %s, fallback %s, records %s, engine_id %s",
+            "qr-sampler ready on runner %s (%s): source %s%s, fallback %s, records %s, "
+            "engine_id %s",
             runner,
             device,
             self._source.name,
+            "".join(f", {name}={src.name}" for name, src in self._named.items()),
             self.config.fallback_mode,
             records_path or "off",
             self.engine.engine_id,
@@ -245,6 +254,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         return {
             "runner": self.runner,
             "source": self._source.health_check(),
+            "sources": {name: src.health_check() for name, src in self._named.items()},
             "failed_requests": self._sampler.failed_requests,
             "active_requests": len(self._sampler.slots),
             **self.sampling_logger.summary(),
@@ -260,12 +270,15 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         sampling_logger: SamplingLogger,
         source: EntropySource,
         metrics: SamplerMetrics | None,
+        named: tuple[EntropySource, ...] = (),
     ) -> None:
         if metrics is not None:
             unregister(metrics)
         sampler.close()
         sampling_logger.close()
         source.close()
+        for other in named:
+            other.close()
 
     # --- per request -----------------------------------------------------------
 
@@ -358,6 +371,7 @@ def _request_info(serial: int, resolved: ResolvedRequest) -> RequestInfo:
         config_hash=resolved.config_hash,
         temperature_strategy=resolved.strategy.name,
         signal_amplifier=resolved.amplifier.name,
+        source=config.source,
         sample_count=config.sample_count,
         v_bytes=resolved.amplifier.row_bytes(config.sample_count) - config.sample_count,
         top_k=max(config.top_k, 0),
