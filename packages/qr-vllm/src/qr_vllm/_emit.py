@@ -56,8 +56,14 @@ class RecordEmitter:
         block: EntropyBlock,
         plan: EntropyPlan,
         latency_ns: int,
+        *,
+        timestamp_ns: int = 0,
     ) -> None:
-        """Records of rows sampled with entropy; ``values`` has one `Column` each."""
+        """Records of rows sampled with entropy; ``values`` has one `Column` each.
+
+        ``timestamp_ns`` (Unix ns) is when the step chose its tokens, shared by the
+        records of every source's rows of one step (0: now).
+        """
         if not self.enabled:
             return
         prov = block.provenance
@@ -78,6 +84,7 @@ class RecordEmitter:
             values[:, Column.TOKEN_ID].astype(np.int64),
             prov,
             latency_ns=latency_ns,
+            timestamp_ns=timestamp_ns,
             digests=digests,
             sequence_ids=[i for i, _ in ids],
             server_generated_ns=[t for _, t in ids],
@@ -100,6 +107,7 @@ class RecordEmitter:
         prov: Provenance | None,
         *,
         latency_ns: int = 0,
+        timestamp_ns: int = 0,
         status: RecordStatus = "ok",
         error: str = "",
         health: str = "not_tested",
@@ -111,7 +119,7 @@ class RecordEmitter:
             return
         states = rows.states
         seqs = np.fromiter((s.sequence_number() for s in states), dtype=np.int64, count=len(states))
-        now = time.time_ns()
+        now = timestamp_ns or time.time_ns()
         if prov is not None:
             generated = now - (time.monotonic_ns() - prov.generated_at_ns)
             source, fallback, reason = prov.source, prov.is_fallback, prov.fallback_reason

@@ -1,8 +1,10 @@
-"""The step's entropy: one fetch on the fetch thread, and its bytes turned into u.
+"""The step's entropy: one fetch per source on its fetch thread, and the bytes turned into u.
 
-The step hands the fetch to a single worker thread and waits until the worker
-holds it, then does everything that does not need u while the source answers
-(see ARCHITECTURE.md, design note "One fetch per step, just in time").
+The step hands each source's fetch to that source's single worker thread (one
+`Fetcher` per named source, so the fetches of one step are in flight together)
+and waits until the worker holds it, then does everything that does not need u
+while the sources answer (see ARCHITECTURE.md, design note "One fetch per step,
+just in time").
 `amplify` turns the block into one u (and its z-score and byte mean) per
 sampled row, one amplifier call per group of the plan.
 """
@@ -28,10 +30,12 @@ class Fetcher:
 
     Args:
         source: The entropy source (already wrapped in its fallback, if any).
+        name: The source's name among the engine's named sources (in the thread's name).
     """
 
-    def __init__(self, source: EntropySource) -> None:
+    def __init__(self, source: EntropySource, name: str = "default") -> None:
         self.source = source
+        self.name = name
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
@@ -40,7 +44,9 @@ class Fetcher:
         if self._executor is None:
             # One worker, started on the first step (never at import: vLLM builds the
             # processor in several processes): requests stay one at a time, in step order.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-entropy")
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"qr-entropy-{self.name}"
+            )
         started = self._started
         started.clear()
         pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count)

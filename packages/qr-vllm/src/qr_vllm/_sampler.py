@@ -103,7 +103,7 @@ class BatchSampler:
         #: One fetch thread per named source ("default": ``source``).
         self._fetchers = {DEFAULT_SOURCE: Fetcher(source)}
         for name, named in (sources or {}).items():
-            self._fetchers[name] = Fetcher(named)
+            self._fetchers[name] = Fetcher(named, name)
         self._buffers = StepBuffers(device, pin_memory)
         self._plan: DevicePlan | None = None
         self._plan_version = -1
@@ -214,10 +214,13 @@ class BatchSampler:
         values[:, Column.U] = u
         values[:, Column.Z_SCORE] = z
         values[:, Column.SAMPLE_MEAN] = mean
+        chosen_ns = time.time_ns()
         for group, block in zip(plan.sources, blocks, strict=True):
             latency = block.provenance.fetch_latency_ns or (done - started)
             part = values if group.positions is None else values[group.positions]
-            self._records.sampled(group.rows, part, block, group.entropy, latency)
+            self._records.sampled(
+                group.rows, part, block, group.entropy, latency, timestamp_ns=chosen_ns
+            )
         return u_dev
 
     def _follow(self, logits: torch.Tensor, dev: DevicePlan) -> None:
