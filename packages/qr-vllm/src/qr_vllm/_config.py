@@ -136,7 +136,9 @@ class QRSamplerConfig(EntropySettings):
 
     # --- infrastructure (never per request) ---------------------------------
     records_path: Path | None = Field(
-        default=None, description="JSON Lines file that receives one record per token; unset: off."
+        default=None,
+        description="JSON Lines file that receives one record per token; unset: off. "
+        "{engine_id} and {dp_rank} in it are filled in per engine.",
     )
     records_queue_steps: int = Field(
         default=4096,

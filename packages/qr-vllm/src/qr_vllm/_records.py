@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -200,6 +202,22 @@ class EngineIdentity:
 
     engine_id: str
     dp_rank: int | None
+
+    @classmethod
+    def new(cls, vllm_config: Any) -> EngineIdentity:
+        """A fresh UUID and vLLM's data-parallel rank (None without data parallelism)."""
+        parallel = getattr(vllm_config, "parallel_config", None)
+        dp_rank = None
+        if parallel is not None and int(getattr(parallel, "data_parallel_size", 1)) > 1:
+            dp_rank = int(parallel.data_parallel_rank)
+        return cls(uuid.uuid4().hex, dp_rank)
+
+    def records_path(self, path: Path | None) -> Path | None:
+        """``path`` with ``{engine_id}`` and ``{dp_rank}`` (0 without DP) filled in."""
+        if path is None:
+            return None
+        text = str(path).replace("{engine_id}", self.engine_id)
+        return Path(text.replace("{dp_rank}", str(self.dp_rank or 0)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-import uuid
 import weakref
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -102,8 +100,8 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             {} if follower else build_named_sources(self.config, self.config.sources)
         )
         #: This instance's identity in its records (a new engine_id per process).
-        self.engine = EngineIdentity(uuid.uuid4().hex, _data_parallel_rank(vllm_config))
-        records_path = _records_path(self.config.records_path, self.engine)
+        self.engine = EngineIdentity.new(vllm_config)
+        records_path = self.engine.records_path(self.config.records_path)
         self.sampling_logger = SamplingLogger(
             "none" if follower else self.config.log_level,
             None if follower else records_path,
@@ -313,22 +311,6 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         if failure:
             self._sampler.failed_requests += 1
         return state
-
-
-def _data_parallel_rank(vllm_config: Any) -> int | None:
-    """vLLM's data-parallel rank of this engine, None without data parallelism."""
-    parallel = getattr(vllm_config, "parallel_config", None)
-    if parallel is None or int(getattr(parallel, "data_parallel_size", 1)) <= 1:
-        return None
-    return int(parallel.data_parallel_rank)
-
-
-def _records_path(path: Path | None, engine: EngineIdentity) -> Path | None:
-    """The records path with ``{engine_id}`` and ``{dp_rank}`` (0 without DP) filled in."""
-    if path is None:
-        return None
-    text = str(path).replace("{engine_id}", engine.engine_id)
-    return Path(text.replace("{dp_rank}", str(engine.dp_rank or 0)))
 
 
 def _warm_default_amplifier(resolver: RequestResolver) -> None:
