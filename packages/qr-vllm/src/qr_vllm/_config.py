@@ -155,6 +155,12 @@ class QRSamplerConfig(EntropySettings):
         "name -> entropy settings (and grpc_* / cb_* transport settings); requests pick one "
         "with qr_source.",
     )
+    replay_u: tuple[float, ...] = Field(
+        default=(),
+        max_length=1_000_000,
+        description="Replay: the u of the request's tokens, in order (from its records); they "
+        "choose the tokens instead of the source's bytes (qr-vllm replay sets it).",
+    )
     source: str = Field(
         default=DEFAULT_SOURCE,
         min_length=1,
@@ -199,6 +205,8 @@ class QRSamplerConfig(EntropySettings):
                 f"{self.max_request_bytes}"
             )
         check_sources(self.sources)
+        if any(not 0.0 < u < 1.0 for u in self.replay_u):
+            raise ValueError("replay_u: every u must lie in (0, 1)")
         if self.source not in known_sources(self.sources):
             raise ValueError(
                 f"source={self.source!r} is not a known source; known: "
@@ -230,6 +238,7 @@ PER_REQUEST_FIELDS: frozenset[str] = frozenset(
         "log_level",
         "diagnostic_mode",
         "source",
+        "replay_u",
     }
 )
 
@@ -270,6 +279,8 @@ _HASH_EXCLUDED = frozenset(
         # Where the bytes come from, not how they choose: both arms of a study share a hash.
         "source",
         "sources",
+        # A replay chooses by the recorded u, under the original request's rule.
+        "replay_u",
     }
 )
 

@@ -141,6 +141,7 @@ class BatchPlan:
         entropy: The fetch and the amplifier groups when every sampled row draws from
             one source (None when no row is sampled or several sources are in use).
         sources: Per named source in use, its rows and its fetch (one per source).
+        replay: Positions among the sampled rows of requests that replay recorded u.
         penalties: Rows with penalties (runner V1), None when none has any.
     """
 
@@ -156,6 +157,7 @@ class BatchPlan:
     entropy: EntropyPlan | None = None
     penalties: PenaltyRows | None = None
     sources: tuple[SourcePlan, ...] = ()
+    replay: tuple[int, ...] = ()
 
 
 def plan_key(row_slots: np.ndarray | None) -> bytes:
@@ -240,6 +242,7 @@ def build_plan(
         entropy=sources[0].entropy if len(sources) == 1 else None,
         penalties=_penalty_rows(states) if with_penalties else None,
         sources=sources,
+        replay=tuple(i for i, s in enumerate(states) if s.request.config.replay_u),
     )
 
 

@@ -188,6 +188,8 @@ class BatchSampler:
                 u[group.positions], z[group.positions], mean[group.positions] = amplify(
                     block.data, group.entropy
                 )
+        if plan.replay:
+            _replay_u(u, plan)
         u_dev = self._buffers.u_to_device(u, rows)
         sel = prepared.select(u_dev)
         token_ids = as_tensor(sel.token_id, logits)
@@ -340,3 +342,14 @@ class BatchSampler:
 def _greedy(temperature: torch.Tensor) -> torch.Tensor:
     """vLLM's greedy rule on qr-core's switch: T below `VLLM_GREEDY_BELOW` becomes 0."""
     return temperature.masked_fill(temperature < VLLM_GREEDY_BELOW, 0.0)
+
+
+def _replay_u(u: np.ndarray, plan: BatchPlan) -> None:
+    """Put the recorded u of replayed requests in place of the source's (`qr-vllm replay`)."""
+    states = plan.sampled.states
+    for position in plan.replay:
+        state = states[position]
+        recorded = state.request.config.replay_u
+        index = state.peek_sequence_number()
+        if index < len(recorded):
+            u[position] = recorded[index]
