@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 from conftest import in_process_llm, read_records
+from qr_vllm.demo._engine import environment
 from qr_vllm.demo._entropy_server import EntropyServerProcess
+from qr_vllm.processor import QRSamplerLogitsProcessor
 
 pytestmark = pytest.mark.vllm
 
@@ -51,13 +53,19 @@ def test_two_named_sources_one_fetch_each_per_step(tiny_model: Path, tmp_path: P
         for name, server in servers.items()
     }
     try:
-        with in_process_llm(
-            tiny_model,
-            QR_SOURCES=json.dumps(sources),
-            QR_ENTROPY_SOURCE_TYPE="system",
-            QR_SAMPLE_COUNT="512",
-            QR_RECORDS_PATH=str(records),
-        ) as llm:
+        with (
+            in_process_llm(
+                tiny_model,
+                QR_SOURCES=json.dumps(sources),
+                QR_ENTROPY_SOURCE_TYPE="system",
+                QR_SAMPLE_COUNT="512",
+                QR_RECORDS_PATH=str(records),
+            ) as llm,
+            environment({"QR_SOURCES": json.dumps(sources)}),
+        ):
+            # Admission reads the settings where requests arrive (here, this process),
+            # once: the same QR_SOURCES as the engine, as in a deployment.
+            QRSamplerLogitsProcessor._admission_resolver = None
             arms = ["qrng", "control", "control", "qrng", "qrng", "control"]
             params = [_params(arm, f"{arm}-{i}") for i, arm in enumerate(arms)]
             outs = llm.generate(["Once upon a time"] * len(arms), params, use_tqdm=False)
@@ -72,6 +80,7 @@ def test_two_named_sources_one_fetch_each_per_step(tiny_model: Path, tmp_path: P
             again = llm.generate(["Hello"], _params("control", "after", 4), use_tqdm=False)
             assert len(again[0].outputs[0].token_ids) == 4
     finally:
+        QRSamplerLogitsProcessor._admission_resolver = None
         for server in servers.values():
             server.stop()
 
