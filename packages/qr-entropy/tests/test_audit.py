@@ -259,6 +259,7 @@ def test_each_record_problem_is_a_finding(tmp_path: Path) -> None:
     assert clean.tokens_verified == 6
     lines = [json.loads(x) for x in records.read_text().splitlines()]
     lines[0]["device_id"] = "elsewhere"
+    lines[4]["entropy_sequence_id"] = 1  # its line is request 3's
     lines[1]["timestamp_ns"] = 500
     del lines[2]["entropy_digest"]
     lines[3]["status"] = "failed"  # no bytes chose a failed request's token: skipped
@@ -270,6 +271,7 @@ def test_each_record_problem_is_a_finding(tmp_path: Path) -> None:
     assert found == sorted(
         [
             ("mismatch", f"{records}:1"),
+            ("mismatch", f"{records}:5"),
             ("too_early", f"{records}:2"),
             ("no_digest", f"{records}:3"),
             ("bad_record", f"{records}:7"),

@@ -258,13 +258,13 @@ def test_an_edited_log_line_breaks_the_chain_after_it(copies: tuple[Path, Path])
     records, log = copies
     lines = log.read_bytes().splitlines(keepends=True)
     entry = json.loads(lines[5])
-    lines[5] = lines[5].replace(str(entry["time_ns"]).encode(), str(entry["time_ns"] - 1).encode())
+    lines[5] = lines[5].replace(str(entry["time_ns"]).encode(), str(entry["time_ns"] + 1).encode())
     log.write_bytes(b"".join(lines))
     code, report = _verify(records, log)
     assert code == 1
     found = [(f["kind"], f["where"]) for f in report["findings"]]
-    # The next line's prev no longer matches, and the edited time contradicts the
-    # records of that line's four rows.
+    # The next line's prev no longer matches, and the edited (later) time is after the
+    # generation time the records of that line's four rows received.
     assert found == [("chain_break", f"{log}:7")] + [
         ("mismatch", f"{records}:{n}") for n in range(21, 25)
     ]

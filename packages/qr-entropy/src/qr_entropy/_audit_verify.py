@@ -32,7 +32,8 @@ FINDING_KINDS: dict[str, str] = {
     "missing": "a record's digest is in no audit log",
     "duplicate": "the same bytes chose two tokens, or were served twice",
     "too_early": "a record is older than the bytes it claims",
-    "mismatch": "a record's sequence id, generation time or device id differ from its log line",
+    "mismatch": "a record's device id differs from its log line, or its sequence id or "
+    "generation time is before the line's",
     "fallback": "the bytes came from the fallback source, which the audit log does not cover",
     "no_digest": "a record of a sampled token carries no entropy_digest",
     "bad_record": "a records line that is not a JSON object",
@@ -316,12 +317,20 @@ def _record_problems(record: dict[str, Any], row: _Row, skew_ns: int) -> list[tu
                     f"(by {(newest - chosen) / 1e6:.3f} ms)",
                 )
             )
+    # A fetch served in several requests reports its last request's id and time, so a
+    # record may name a later request than its row's line, never an earlier one.
     for name, logged in (
         ("entropy_sequence_id", row.sequence_id),
         ("entropy_generated_ns", row.time_ns),
-        ("device_id", row.device_id),
     ):
         value = record.get(name)
-        if value not in (None, 0, "") and value != logged:
-            problems.append(("mismatch", f"{name}={value!r} but the log line has {logged!r}"))
+        if isinstance(value, int) and value and value < logged:
+            problems.append(
+                ("mismatch", f"{name}={value} is before the log line's {logged} for these bytes")
+            )
+    device = record.get("device_id")
+    if device and device != row.device_id:
+        problems.append(
+            ("mismatch", f"device_id={device!r} but the log line has {row.device_id!r}")
+        )
     return problems
