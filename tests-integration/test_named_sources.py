@@ -75,7 +75,9 @@ def test_two_named_sources_one_fetch_each_per_step(tiny_model: Path, tmp_path: P
             assert len(rows) == total
 
             # Unknown name: refused with the known ones, and the engine serves on.
-            with pytest.raises(ValueError, match="known: default, qrng, control"):
+            from vllm.exceptions import VLLMValidationError
+
+            with pytest.raises(VLLMValidationError, match="known: default, qrng, control"):
                 llm.generate(["Hello"], _params("qnrg", "typo"), use_tqdm=False)
             again = llm.generate(["Hello"], _params("control", "after", 4), use_tqdm=False)
             assert len(again[0].outputs[0].token_ids) == 4

@@ -339,8 +339,8 @@ def resolve_config(
         return defaults
     for field, value in overrides.items():
         # pydantic would accept a float for an int field if it is integral and a
-        # string for a bool; a list or dict is never a valid setting.
-        if isinstance(value, list | dict | tuple):
+        # string for a bool; a list or dict is never a valid setting (but replay's u).
+        if isinstance(value, list | dict | tuple) and field != "replay_u":
             raise ConfigValidationError(
                 f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={value!r} is not allowed: "
                 "expected a single value, not a collection"
