@@ -107,11 +107,12 @@ def metrics_work(b: int) -> float:
     from qr_entropy import EntropySourceRegistry
     from qr_vllm._drift import DriftMonitor
     from qr_vllm._metrics import SamplerMetrics
-    from qr_vllm._records import RequestInfo, StepRecords
+    from qr_vllm._records import EngineIdentity, RequestInfo, StepRecords
 
     info = RequestInfo(
-        1, "", "", "0" * 16, "fixed", "zscore_mean", 20480, 50, 0.9, 0.0, False, False
-    )
+        1, "", "", "0" * 16, "fixed", "zscore_mean", "default", 20480, 0, 50, 0.9, 0.0, False,
+        False,
+    )  # fmt: skip
     values = np.random.default_rng(0).normal(size=(b, 9))
     values[:, 7] = np.where(np.arange(b) % 2, 1.0, -1.0)  # z that sum to 0: no drift warning
     step = StepRecords(
@@ -119,6 +120,7 @@ def metrics_work(b: int) -> float:
         values=values, token_ids=np.zeros(b, int), status="ok", error="",
         entropy_source="system", is_fallback=False, fallback_reason="", health="not_tested",
         device_id="", fetch_latency_ns=500_000, generated_at_ns=0, timestamp_ns=0,
+        engine=EngineIdentity("0" * 32, None),
     )  # fmt: skip
     metrics = SamplerMetrics(EntropySourceRegistry.get("system")(), DriftMonitor(10_000, 4.0))
     n = 5000
