@@ -79,8 +79,10 @@ def test_two_named_sources_one_fetch_each_per_step(tiny_model: Path, tmp_path: P
 
             with pytest.raises(VLLMValidationError, match="known: default, qrng, control"):
                 llm.generate(["Hello"], _params("qnrg", "typo"), use_tqdm=False)
-            again = llm.generate(["Hello"], _params("control", "after", 4), use_tqdm=False)
+            again = llm.generate(["Hello"], _params("control", "control-after", 4), use_tqdm=False)
             assert len(again[0].outputs[0].token_ids) == 4
+            rows = read_records(records, total + 4)
+            assert len(rows) == total + 4
     finally:
         QRSamplerLogitsProcessor._admission_resolver = None
         for server in servers.values():
@@ -113,4 +115,4 @@ def test_two_named_sources_one_fetch_each_per_step(tiny_model: Path, tmp_path: P
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
     report = json.loads(result.stdout)
     assert result.returncode == 0, report["findings"]
-    assert report["tokens_verified"] == total + 4
+    assert report["tokens_verified"] == len(rows)
