@@ -12,6 +12,7 @@ import numpy as np
 
 from qr_core._array import Backend
 from qr_core._params import RowParams
+from qr_core._sync import is_sync_free
 
 __all__ = ["Filtered", "apply_filters", "pick"]
 
@@ -190,7 +191,7 @@ def _tail_mass(
     summed in double precision, is not counted twice.
     """
     rows, n = x.shape
-    if not xp.any(needed):
+    if not is_sync_free() and not xp.any(needed):
         return xp.full((rows,), 0.0, xp.compute_dtype)
     work = xp.work_dtype(x)
     buf = xp.scratch("tail", (rows, n), work)
@@ -201,6 +202,6 @@ def _tail_mass(
 
 def _finite_count(xp: Backend, x: Any, needed: Any) -> Any:
     """How many logits of each row are finite, computed only when some row needs it."""
-    if not xp.any(needed):
+    if not is_sync_free() and not xp.any(needed):
         return xp.full((x.shape[0],), x.shape[1], np.int64)
     return xp.count_finite(x)

@@ -215,6 +215,7 @@ class TokenSelector:
         top_p: Array | float,
         min_p: Array | float = 0.0,
         validate: bool = True,
+        host_top_k: np.ndarray | None = None,
     ) -> PreparedSelection:
         """Everything of `select_batch` that does not depend on u: candidates, order, masses.
 
@@ -230,6 +231,9 @@ class TokenSelector:
             top_p: As for `select_batch`.
             min_p: As for `select_batch`.
             validate: As for `select_batch` (u is checked by ``select``).
+            host_top_k: The rows' top-k as a host array, when the caller knows it
+                (and ``validate`` is False): the first head is sized from it
+                without reading the device, as if every row were sampled.
 
         Returns:
             The prepared selection, to be finished with ``select(u)``.
@@ -256,7 +260,10 @@ class TokenSelector:
             **{k: row_param(xp, k, v, rows, integer=k == "top_k") for k, v in values.items()},
             u=None,
         )
-        head = self._first_head(xp, params, validate=validate)
+        if host_top_k is not None and not validate:
+            head = self._head_from_host(host_top_k)
+        else:
+            head = self._first_head(xp, params, validate=validate)
         x = xp.contiguous_rows(logits)
         with np.errstate(all="ignore"):  # -inf arithmetic and underflow are expected here
             filtered = filter_rows(xp, x, params, head, check=validate)
@@ -276,6 +283,15 @@ class TokenSelector:
         if xp is None:
             xp = self._backends[key] = backend_for(logits)
         return xp
+
+    def _head_from_host(self, top_k: np.ndarray) -> int:
+        """The first head for rows of these top-k (0 or -1: off), all taken as sampled."""
+        if top_k.size == 0:
+            return 1
+        kmax = int(top_k.max())
+        if bool((top_k <= 0).any()):
+            return max(kmax, self.head_size)
+        return max(kmax, 1)
 
     def _first_head(self, xp: Backend, params: RowParams, *, validate: bool) -> int:
         """Validate the parameters and size the first head, with one host transfer."""

@@ -4,7 +4,11 @@ The step hands each source's fetch to that source's single worker thread (one
 `Fetcher` per named source, so the fetches of one step are in flight together)
 and waits until the worker holds it, then does everything that does not need u
 while the sources answer (see ARCHITECTURE.md, design note "One fetch per step,
-just in time").
+just in time"). The
+worker first waits for the step's logits-ready event, so on an accelerator the
+bytes are requested only once the device has finished the logits, never while
+the forward pass still runs (design note "Just-in-time on the device"); the
+engine thread never waits for that event.
 `amplify` turns the block into one u (and its z-score and byte mean) per
 sampled row, one amplifier call per group of the plan.
 """
@@ -12,17 +16,58 @@ sampled row, one amplifier call per group of the plan.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-from qr_entropy import EntropyBlock, EntropySource
+from qr_entropy import EntropyBlock, EntropySource, EntropyUnavailableError
 
-from qr_vllm._plan import EntropyPlan
+from qr_vllm._plan import BatchPlan, EntropyPlan
 
-__all__ = ["FETCH_START_WAIT_S", "Fetcher", "amplify"]
+__all__ = [
+    "ALREADY_READY",
+    "FETCH_START_WAIT_S",
+    "Fetched",
+    "Fetcher",
+    "ReadyEvent",
+    "SourceFetchers",
+    "amplify",
+    "amplify_sources",
+    "apply_replay",
+]
 
 #: How long a step waits for the fetch thread to pick its request up (see `Fetcher.start`).
 FETCH_START_WAIT_S = 0.05
+
+
+class ReadyEvent(Protocol):
+    """What marks the moment the step's logits exist (a ``torch.cuda.Event`` on CUDA)."""
+
+    def synchronize(self) -> None:
+        """Return once the logits exist."""
+
+
+class _AlreadyReady:
+    """The CPU's stand-in: logits handed to the processor on the CPU exist already."""
+
+    def synchronize(self) -> None:
+        return None
+
+
+#: The event of logits that exist when they are handed over (the CPU, tests).
+ALREADY_READY: ReadyEvent = _AlreadyReady()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A step's block with the monotonic times the fetch thread saw the logits and asked."""
+
+    block: EntropyBlock
+    logits_ready_ns: int
+    requested_ns: int
 
 
 class Fetcher:
@@ -39,8 +84,9 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
-    def start(self, plan: EntropyPlan) -> Future[EntropyBlock]:
-        """Start the fetch of ``plan``'s block; returns once the worker holds it (or soon)."""
+    def start(self, plan: EntropyPlan, ready: ReadyEvent = ALREADY_READY) -> Future[Fetched]:
+        """Start the fetch of ``plan``'s block once ``ready`` fires; returns once the
+        worker holds it (or soon)."""
         if self._executor is None:
             # One worker, started on the first step (never at import: vLLM builds the
             # processor in several processes): requests stay one at a time, in step order.
@@ -49,7 +95,7 @@ class Fetcher:
             )
         started = self._started
         started.clear()
-        pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count)
+        pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count, ready)
         # Wait until the worker holds the fetch: the step's own work (many small array
         # operations) never gives up the GIL by itself, so a worker merely woken up would
         # only get to run, and the fetch only overlap with nothing, once this thread
@@ -59,9 +105,14 @@ class Fetcher:
         started.wait(FETCH_START_WAIT_S)
         return pending
 
-    def _run(self, rows: int, count: int) -> EntropyBlock:
+    def _run(self, rows: int, count: int, ready: ReadyEvent) -> Fetched:
         self._started.set()
-        return self.source.fetch_block(rows, count)
+        # Just in time on the device's clock: the logits exist before the bytes are asked for.
+        ready.synchronize()
+        logits_ready = time.monotonic_ns()
+        requested = time.monotonic_ns()
+        block = self.source.fetch_block(rows, count)
+        return Fetched(block, logits_ready, requested)
 
     def close(self) -> None:
         """Stop the worker (after the fetch in flight, if any); a later `start` starts one."""
@@ -88,3 +139,76 @@ def amplify(data: np.ndarray, plan: EntropyPlan) -> tuple[np.ndarray, np.ndarray
         z[group.positions] = res.z_score
         mean[group.positions] = res.sample_mean
     return u, z, mean
+
+
+class SourceFetchers:
+    """One `Fetcher` per named source (``default``: the engine's own), started per step.
+
+    Args:
+        default: The engine's own source.
+        named: The sources of ``QR_SOURCES`` by name.
+    """
+
+    def __init__(self, default: EntropySource, named: Mapping[str, EntropySource]) -> None:
+        self._fetchers = {"default": Fetcher(default)}
+        for name, source in named.items():
+            self._fetchers[name] = Fetcher(source, name)
+
+    def items(self) -> list[tuple[str, Fetcher]]:
+        """The fetchers by source name (``default`` first)."""
+        return list(self._fetchers.items())
+
+    def start(self, plan: BatchPlan, ready: ReadyEvent) -> list[Future[Fetched]]:
+        """Start every source's fetch of the step; all are in flight together."""
+        pending = []
+        for group in plan.sources:
+            fetcher = self._fetchers.get(group.name)
+            if fetcher is None:
+                # Admission refuses unknown names; an engine configured apart from its
+                # API server may still see one. The step fails, not the engine.
+                raise EntropyUnavailableError(
+                    f"qr_source={group.name!r} is not a source of this engine; known: "
+                    f"{', '.join(self._fetchers)}"
+                )
+            pending.append(fetcher.start(group.entropy, ready))
+        return pending
+
+    def close(self) -> None:
+        """Stop every fetch thread (after its fetch in flight, if any)."""
+        for fetcher in self._fetchers.values():
+            fetcher.close()
+
+
+def amplify_sources(
+    plan: BatchPlan, blocks: list[EntropyBlock]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (u, z-score, byte mean) per sampled row from each source's block."""
+    if len(blocks) == 1:
+        return amplify(blocks[0].data, plan.sources[0].entropy)
+    rows = plan.sampled.size
+    u = np.empty(rows, dtype=np.float64)
+    z = np.empty(rows, dtype=np.float64)
+    mean = np.empty(rows, dtype=np.float64)
+    for group, block in zip(plan.sources, blocks, strict=True):
+        u[group.positions], z[group.positions], mean[group.positions] = amplify(
+            block.data, group.entropy
+        )
+    return u, z, mean
+
+
+def apply_replay(u: np.ndarray, plan: BatchPlan, positions: np.ndarray | None) -> None:
+    """Put the recorded u of replayed requests in place of the source's (`qr-vllm replay`).
+
+    ``positions`` (runner V2) is each logits row's token index from vLLM's state;
+    without it the request's own count is read without moving it.
+    """
+    states = plan.sampled.states
+    for position in plan.replay:
+        state = states[position]
+        recorded = state.request.config.replay_u
+        if positions is not None:
+            index = int(positions[plan.sampled.rows[position]])
+        else:
+            index = state.peek_sequence_number()
+        if index < len(recorded):
+            u[position] = recorded[index]

@@ -122,6 +122,10 @@ class TokenSamplingRecord:
         config_hash: Hash of the request's resolved configuration.
         runner: vLLM model runner interface that called the processor (``v1``/``v2``).
         error: Why the request failed (empty when ``status`` is ``ok``).
+        logits_ready_ns: When the fetch thread saw the step's logits exist on their
+            device, Unix time in ns (0: no fetch).
+        entropy_requested_ns: When it then asked the source for the bytes, Unix
+            time in ns (0: no fetch); never before ``logits_ready_ns``.
     """
 
     records_schema: int
@@ -165,6 +169,8 @@ class TokenSamplingRecord:
     config_hash: str
     runner: str
     error: str
+    logits_ready_ns: int = 0
+    entropy_requested_ns: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (field order preserved)."""
@@ -173,7 +179,8 @@ class TokenSamplingRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenSamplingRecord:
         """Rebuild a record from `to_dict` output (for example one parsed JSON line)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        # Files written before the two timing fields lack them: their defaults apply.
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +227,10 @@ class EngineIdentity:
         return Path(text.replace("{dp_rank}", str(self.dp_rank or 0)))
 
 
+#: The identity of records built without one (tools and tests).
+UNKNOWN_ENGINE = EngineIdentity("", None)
+
+
 @dataclass(frozen=True, slots=True)
 class StepRecords:
     """The records of one decode step for a group of rows, as arrays.
@@ -243,7 +254,9 @@ class StepRecords:
         fetch_latency_ns: Wall time of the fetch.
         generated_at_ns: When the bytes were produced (Unix ns).
         timestamp_ns: When the step's tokens were chosen (Unix ns).
-        engine: The writer's identity.
+        logits_ready_ns: When the fetch thread saw the logits exist (Unix ns; 0: no fetch).
+        entropy_requested_ns: When it asked for the bytes (Unix ns; 0: no fetch).
+        engine: The writer's identity (unknown: empty engine_id).
         digests: Per row, the digest of its bytes (empty: none, a failed step).
         sequence_ids: Per row, the sequence id of its request (empty: 0 for all).
         server_generated_ns: Per row, that request's generation time (empty: 0).
@@ -265,7 +278,9 @@ class StepRecords:
     fetch_latency_ns: int
     generated_at_ns: int
     timestamp_ns: int
-    engine: EngineIdentity
+    logits_ready_ns: int = 0
+    entropy_requested_ns: int = 0
+    engine: EngineIdentity = UNKNOWN_ENGINE
     digests: Sequence[str] = ()
     sequence_ids: Sequence[int] = ()
     server_generated_ns: Sequence[int] = ()
@@ -328,6 +343,8 @@ class StepRecords:
                     config_hash=info.config_hash,
                     runner=self.runner,
                     error=self.error,
+                    logits_ready_ns=self.logits_ready_ns,
+                    entropy_requested_ns=self.entropy_requested_ns,
                 )
             )
         return out

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from qr_core import (
     AmplifierRegistry,
     QRCoreError,
@@ -26,11 +27,12 @@ from qr_core import (
 
 from qr_vllm._config import QRSamplerConfig, config_hash, resolve_config
 from qr_vllm._errors import ConfigValidationError
+from qr_vllm._records import RequestInfo
 from qr_vllm._sources import known_sources
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RequestResolver", "ResolvedRequest"]
+__all__ = ["RequestResolver", "ResolvedRequest", "request_info"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,13 @@ class RequestResolver:
             self._cache.popitem(last=False)
         return resolved
 
+    def warm_default(self) -> None:
+        """Amplify one row at the default sample count now, so the first request does not
+        pay for the amplifier's tables (randomized_pit's byte-sum CDF: 50-135 ms at 20,480)."""
+        resolved = self.resolve(None)
+        width = resolved.amplifier.row_bytes(resolved.config.sample_count)
+        resolved.amplifier.amplify_batch(np.zeros((1, width), dtype=np.uint8))
+
     def _component(self, registry: Any, name: str, config: QRSamplerConfig, field: str) -> Any:
         try:
             cls = registry.get(name)
@@ -140,3 +149,24 @@ def _check_source(defaults: QRSamplerConfig, extra_args: Mapping[str, Any] | Non
         raise ConfigValidationError(
             f"qr_source={name!r} is not a known source; known: {', '.join(known)}"
         )
+
+
+def request_info(serial: int, resolved: ResolvedRequest) -> RequestInfo:
+    """What stays the same for every token of the request (its records' constant part)."""
+    config = resolved.config
+    return RequestInfo(
+        request_serial=serial,
+        session=config.session,
+        label=config.label,
+        config_hash=resolved.config_hash,
+        temperature_strategy=resolved.strategy.name,
+        signal_amplifier=resolved.amplifier.name,
+        source=config.source,
+        sample_count=config.sample_count,
+        v_bytes=resolved.amplifier.row_bytes(config.sample_count) - config.sample_count,
+        top_k=max(config.top_k, 0),
+        top_p=config.top_p,
+        min_p=config.min_p,
+        log_full=config.log_level == "full",
+        diagnostic=config.diagnostic_mode,
+    )
