@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from qr_core import (
     DEFAULT_AMPLIFIER,
     DEFAULT_UNIFORM_CLAMP_EPSILON,
@@ -28,7 +29,8 @@ from qr_core import (
 from qr_entropy import EntropySettings
 
 from qr_vllm._errors import ConfigValidationError
-from qr_vllm._sources import DEFAULT_SOURCE, check_sources, known_sources
+from qr_vllm._messages import MAX_SHOWN_VALUE, describe_overrides, shown
+from qr_vllm._sources import DEFAULT_SOURCE, HASH_EXCLUDED_NAMED, HELP, check_named
 
 __all__ = [
     "EXTRA_ARGS_PREFIX",
@@ -50,6 +52,7 @@ LogLevel = Literal["none", "summary", "full"]
 #: Longest accepted ``qr_session`` / ``qr_label``: they are copied into every record.
 MAX_TAG_LENGTH = 256
 
+
 #: Most bytes one token may ask for (1 MiB): far above any useful amplification,
 #: low enough that one request cannot make every step of the engine fetch gigabytes.
 MAX_SAMPLE_COUNT = 1024 * 1024
@@ -69,14 +72,11 @@ class QRSamplerConfig(EntropySettings):
     signal_amplifier_type: str = Field(
         default=DEFAULT_AMPLIFIER,
         min_length=1,
-        description="Amplifier name in qr_core's registry (randomized_pit, zscore_mean, ...).",
+        max_length=MAX_TAG_LENGTH,
+        description=HELP["signal_amplifier_type"],
     )
     sample_count: int = Field(
-        default=20480,
-        ge=1,
-        le=MAX_SAMPLE_COUNT,
-        description="Entropy bytes summed per token (S bytes); the amplifier may fetch more "
-        "(randomized_pit: 7 V bytes per token).",
+        default=20480, ge=1, le=MAX_SAMPLE_COUNT, description=HELP["sample_count"]
     )
     population_mean: float = Field(
         default=POPULATION_MEAN, gt=0.0, lt=255.0, description="Null-hypothesis mean of a byte."
@@ -94,7 +94,10 @@ class QRSamplerConfig(EntropySettings):
         description="u is clamped to [epsilon, 1 - epsilon].",
     )
     temperature_strategy: str = Field(
-        default="fixed", min_length=1, description="Temperature strategy name: fixed or edt."
+        default="fixed",
+        min_length=1,
+        max_length=MAX_TAG_LENGTH,
+        description="Temperature strategy name: fixed or edt.",
     )
     fixed_temperature: float = Field(
         default=0.7, ge=0.0, le=100.0, description="Temperature of the fixed strategy (0: greedy)."
@@ -135,11 +138,7 @@ class QRSamplerConfig(EntropySettings):
     )
 
     # --- infrastructure (never per request) ---------------------------------
-    records_path: Path | None = Field(
-        default=None,
-        description="JSON Lines file that receives one record per token; unset: off. "
-        "{engine_id} and {dp_rank} in it are filled in per engine.",
-    )
+    records_path: Path | None = Field(default=None, description=HELP["records_path"])
     records_queue_steps: int = Field(
         default=4096,
         ge=1,
@@ -149,24 +148,20 @@ class QRSamplerConfig(EntropySettings):
     diagnostic_max_records: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
     )
-    sources: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="Named entropy sources besides the engine's own ('default'), as JSON: "
-        "name -> entropy settings (and grpc_* / cb_* transport settings); requests pick one "
-        "with qr_source.",
-    )
-    replay_u: tuple[float, ...] = Field(
-        default=(),
-        max_length=1_000_000,
-        description="Replay: the u of the request's tokens, in order (from its records); they "
-        "choose the tokens instead of the source's bytes (qr-vllm replay sets it).",
-    )
-    source: str = Field(
-        default=DEFAULT_SOURCE,
-        min_length=1,
-        max_length=64,
-        description="Which named source chooses this request's tokens ('default': the "
-        "engine's own; else a name of QR_SOURCES).",
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict, description=HELP["sources"])
+    replay_u: tuple[float, ...] = Field(default=(), max_length=10**6, description=HELP["replay_u"])
+    source: str = Field(default=DEFAULT_SOURCE, min_length=1, description=HELP["source"])
+    failure_stop_token_id: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "A token the model never needs (a reserved special token): admission adds it to "
+            "every qr-sampled request's stop_token_ids, no request ever chooses it, and a "
+            "request the plugin must fail is ended with it, so that the response says "
+            "finish_reason=stop with stop_reason equal to this id. Unset: a failed request "
+            "is ended with its own stop token, and in fallback mode 'error' a request with "
+            "ignore_eos and no stop_token_ids is refused at admission."
+        ),
     )
     metrics_port: int = Field(
         default=0,
@@ -204,14 +199,7 @@ class QRSamplerConfig(EntropySettings):
                 f"sample_count={self.sample_count} exceeds max_request_bytes="
                 f"{self.max_request_bytes}"
             )
-        check_sources(self.sources)
-        if any(not 0.0 < u < 1.0 for u in self.replay_u):
-            raise ValueError("replay_u: every u must lie in (0, 1)")
-        if self.source not in known_sources(self.sources):
-            raise ValueError(
-                f"source={self.source!r} is not a known source; known: "
-                f"{', '.join(known_sources(self.sources))}"
-            )
+        check_named(self.sources, self.source, self.replay_u)
         return self
 
 
@@ -260,6 +248,13 @@ def is_infrastructure(field: str) -> bool:
     return field in INFRASTRUCTURE_FIELDS or field.startswith(TRANSPORT_PREFIXES)
 
 
+# Per-request fields that hold a number (int or float): a JSON boolean is refused for them.
+_NUMBER_FIELDS: frozenset[str] = frozenset(
+    name
+    for name in PER_REQUEST_FIELDS
+    if QRSamplerConfig.model_fields[name].annotation in (int, float)
+)
+
 # Fields that do not change how a token is chosen; left out of the hash so that
 # records of one study share a config hash across sessions, labels and log files.
 _HASH_EXCLUDED = frozenset(
@@ -276,11 +271,7 @@ _HASH_EXCLUDED = frozenset(
         "metrics_host",
         "metrics_drift_window",
         "metrics_drift_z_threshold",
-        # Where the bytes come from, not how they choose: both arms of a study share a hash.
-        "source",
-        "sources",
-        # A replay chooses by the recorded u, under the original request's rule.
-        "replay_u",
+        *HASH_EXCLUDED_NAMED,
     }
 )
 
@@ -305,14 +296,15 @@ def request_overrides(extra_args: Mapping[str, Any] | None) -> dict[str, Any]:
             overrides[field] = value
         elif is_infrastructure(field):
             raise ConfigValidationError(
-                f"extra_args key {key!r} is not allowed per request: {field} is an "
-                f"infrastructure setting, set it with the environment variable "
-                f"QR_{field.upper()} on the server"
+                f"extra_args key {shown(key)} is not allowed per request: {_env_name(field)} "
+                f"is an infrastructure setting, set it with the environment variable "
+                f"{_env_name(field, 'QR_')} on the server"
             )
         else:
             allowed = ", ".join(sorted(EXTRA_ARGS_PREFIX + name for name in PER_REQUEST_FIELDS))
             raise ConfigValidationError(
-                f"unknown extra_args key {key!r} (value {value!r}); allowed qr_ keys: {allowed}"
+                f"unknown extra_args key {shown(key)} (value {shown(value)}); "
+                f"allowed qr_ keys: {allowed}"
             )
     return overrides
 
@@ -342,33 +334,47 @@ def resolve_config(
         # string for a bool; a list or dict is never a valid setting (but replay's u).
         if isinstance(value, list | dict | tuple) and field != "replay_u":
             raise ConfigValidationError(
-                f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={value!r} is not allowed: "
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={shown(value)} is not allowed: "
                 "expected a single value, not a collection"
+            )
+        # JSON true/false is a bool, and a bool is an int in Python: pydantic would take
+        # qr_sample_count=true as 1 byte. A number field wants a JSON number.
+        if isinstance(value, bool) and field in _NUMBER_FIELDS:
+            raise ConfigValidationError(
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={value!r} is not allowed: "
+                f"expected a number, not a boolean"
             )
     merged = defaults.model_dump()
     merged.update(overrides)
     try:
-        # model_validate does not re-read the environment: the defaults already hold it.
-        return QRSamplerConfig.model_validate(merged)
+        # Validated without the settings sources: the defaults already hold the
+        # environment, and reading it (and .env) again per request cost ~15 ms.
+        checked = _RequestConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigValidationError(_describe(exc, overrides)) from exc
+        raise ConfigValidationError(describe_overrides(exc, overrides, EXTRA_ARGS_PREFIX)) from exc
+    return QRSamplerConfig.model_construct(
+        _fields_set=set(checked.model_fields_set), **dict(checked)
+    )
 
 
-def _describe(exc: ValidationError, overrides: Mapping[str, Any]) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = error.get("loc") or ()
-        field = str(loc[0]) if loc else ""
-        if field in overrides:
-            problems.append(
-                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={overrides[field]!r} is not "
-                f"allowed: {error['msg']}"
-            )
-        else:
-            # A cross-field rule (edt range, sample_count vs max_request_bytes).
-            given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={v!r}" for k, v in overrides.items())
-            problems.append(f"extra_args {given} are not allowed together: {error['msg']}")
-    return "; ".join(problems)
+class _RequestConfig(QRSamplerConfig):
+    """`QRSamplerConfig` validated from its arguments only (no environment, no .env)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _env_name(field: str, prefix: str = "") -> str:
+    name = prefix + (field.upper() if prefix else field)
+    return name if len(name) <= MAX_SHOWN_VALUE else shown(name)
 
 
 def config_hash(config: QRSamplerConfig) -> str:

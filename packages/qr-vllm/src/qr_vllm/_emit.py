@@ -32,7 +32,20 @@ from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import BatchPlan, EntropyPlan, RowSet
 from qr_vllm._records import DEVICE_COLUMNS, Column, EngineIdentity, RecordStatus, StepRecords
 
-__all__ = ["PendingStats", "ReadOnce", "RecordEmitter", "StepTimes", "rows_of"]
+__all__ = [
+    "LEFT_TO_VLLM",
+    "PendingStats",
+    "ReadOnce",
+    "RecordEmitter",
+    "StepTimes",
+    "rows_of",
+]
+
+#: Appended to the error of a failed row that had no stop token to be ended with.
+LEFT_TO_VLLM = (
+    "; the request has no stop token, so vLLM's own sampler chose this token (not the "
+    "configured entropy)"
+)
 
 
 class PendingStats(Protocol):
@@ -168,7 +181,11 @@ class RecordEmitter:
         sequence_numbers: np.ndarray | None = None,
         health: str = "not_tested",
     ) -> None:
-        """Records of failed rows: each with its request's stop token (-1: none).
+        """Records of failed rows: each with the stop token forced to end its request.
+
+        A row whose request has no stop token was left to vLLM's own sampler: its
+        record says so in ``error`` and has ``token_id`` null (the plugin does not
+        learn which token vLLM chose).
 
         ``health`` is ``failed`` when a health test of the primary's bytes caused it.
         """
@@ -177,19 +194,32 @@ class RecordEmitter:
         seqs = self._sequence_numbers(rows, sequence_numbers)
         clock = (time.time_ns(), time.monotonic_ns())
         tokens = stop_tokens(rows.states)
-        self._run(
-            lambda: self._emit(
-                rows,
-                seqs,
-                clock,
-                None,
-                tokens,
-                prov=None,
-                status="failed",
-                error=error,
-                health=health,
-            )
-        )
+        parts = [(rows, seqs, tokens, error)]
+        if not bool((tokens >= 0).all()):
+            parts = []
+            for keep, why in ((tokens >= 0, error), (tokens < 0, error + LEFT_TO_VLLM)):
+                idx = np.flatnonzero(keep)
+                if idx.size:
+                    sub = RowSet(
+                        rows.rows[idx], tuple(rows.states[i] for i in idx), rows.slot_ids[idx]
+                    )
+                    parts.append((sub, seqs[idx], tokens[idx], why))
+
+        def emit() -> None:
+            for part, part_seqs, part_tokens, why in parts:
+                self._emit(
+                    part,
+                    part_seqs,
+                    clock,
+                    None,
+                    part_tokens,
+                    prov=None,
+                    status="failed",
+                    error=why,
+                    health=health,
+                )
+
+        self._run(emit)
 
     def flush(self) -> None:
         """Wait until every step handed over so far is with the logger."""

@@ -20,7 +20,10 @@ from qr_entropy import QR_SETTINGS_CONFIG, EntropySettings, EntropySource, build
 
 __all__ = [
     "DEFAULT_SOURCE",
+    "HASH_EXCLUDED_NAMED",
+    "HELP",
     "build_named_sources",
+    "check_named",
     "check_sources",
     "known_sources",
     "source_settings",
@@ -28,6 +31,27 @@ __all__ = [
 
 #: The name of the engine's own source (``QR_ENTROPY_SOURCE_TYPE`` and friends).
 DEFAULT_SOURCE = "default"
+
+#: Descriptions of the configuration fields this module and the records work add.
+HELP = {
+    "signal_amplifier_type": "Amplifier name in qr_core's registry (randomized_pit, "
+    "zscore_mean, ...).",
+    "sample_count": "Entropy bytes summed per token (S bytes); the amplifier may fetch more "
+    "(randomized_pit: 7 V bytes per token).",
+    "records_path": "JSON Lines file that receives one record per token; unset: off. "
+    "{engine_id} and {dp_rank} in it are filled in per engine.",
+    "sources": "Named entropy sources besides the engine's own ('default'), as JSON: "
+    "name -> entropy settings (and grpc_* / cb_* transport settings); requests pick one "
+    "with qr_source.",
+    "replay_u": "Replay: the u of the request's tokens, in order (from its records); they "
+    "choose the tokens instead of the source's bytes (qr-vllm replay sets it).",
+    "source": "Which named source chooses this request's tokens ('default': the engine's "
+    "own; else a name of QR_SOURCES).",
+}
+
+#: Left out of the config hash: where the bytes come from, not how they choose (both
+#: arms of a study share a hash), and a replay's u (it replays the original rule).
+HASH_EXCLUDED_NAMED = ("source", "sources", "replay_u")
 
 #: Longest source name: it is copied into every record.
 MAX_NAME_LENGTH = 64
@@ -110,3 +134,23 @@ def build_named_sources(
             source.close()
         raise
     return built
+
+
+def check_named(
+    sources: Mapping[str, Mapping[str, Any]], source: str, replay_u: tuple[float, ...]
+) -> None:
+    """The configuration's named-source and replay rules.
+
+    Raises:
+        ValueError: A bad ``QR_SOURCES``, a ``source`` it does not name, or a replayed u
+            outside (0, 1).
+    """
+    check_sources(sources)
+    if source not in known_sources(sources):
+        raise ValueError(
+            f"source={source!r} is not a known source; known: {', '.join(known_sources(sources))}"
+        )
+    if len(source) > MAX_NAME_LENGTH:
+        raise ValueError(f"source: at most {MAX_NAME_LENGTH} characters")
+    if any(not 0.0 < u < 1.0 for u in replay_u):
+        raise ValueError("replay_u: every u must lie in (0, 1)")
