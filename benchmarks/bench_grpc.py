@@ -10,8 +10,11 @@ checked) for 20,480 bytes and for 64 x 20,480 bytes in each mode. The floor is
 ``os.urandom`` of the same size, timed in the same run, so the "over floor" column is the
 cost of the transport. A "raw grpc.aio bidi" row does the same exchange with bare
 grpc.aio in its own event loop, the reference for what gRPC itself costs on this machine.
-A last section times ``fetch_block`` (what the logits processor calls), which adds the
-client-side SP 800-90B health tests.
+A section times ``fetch_block`` (what the logits processor calls), which adds the
+client-side SP 800-90B health tests and row digests. The last one runs the same
+``fetch_block`` against servers with ``--audit-log`` off, on with the ``interval`` fsync
+policy and on with ``always``, in alternating rounds (target of issue #15: the audit log
+costs at most 1.2x the p50 latency).
 
 Target (issue #4): bidi_streaming over a Unix socket within 300 µs p50 of the floor for a
 20,480-byte fetch.
@@ -37,9 +40,12 @@ MODES = ("unary", "server_streaming", "bidi_streaming")
 TARGET_US = 300.0
 
 
-def _start_server(address: str) -> tuple[subprocess.Popen[str], str]:
+def _start_server(address: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qr_grpc.server", "--source", "system", "--address", address],
+        [
+            *(sys.executable, "-m", "qr_grpc.server", "--source", "system"),
+            *("--address", address, *extra),
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -106,6 +112,41 @@ def _raw_aio_bidi(address: str, size: int, count: int, warmup: int) -> np.ndarra
     return asyncio.run(run())
 
 
+def _audit_rows(
+    addresses: dict[str, str], iterations: dict[int, int], warmup: int, rounds: int
+) -> list[tuple[str, int, float, float, float]]:
+    """fetch_block(rows, 20,480) over bidi + unix against servers with the audit log off,
+    on with the interval fsync policy and on with ``always``; rounds alternate the
+    servers so they share the machine's noise. Returns (server, rows, p50, p99, p50 ratio
+    to the server without a log)."""
+    lat: dict[tuple[str, int], list[np.ndarray]] = {}
+    sources = {
+        name: QuantumGrpcSource(_settings(address, "bidi_streaming"))
+        for name, address in addresses.items()
+    }
+    try:
+        for _ in range(rounds):
+            for rows_n, count in ((1, iterations[SMALL]), (ROWS, iterations[ROWS * SMALL])):
+                for name, source in sources.items():
+                    lat.setdefault((name, rows_n), []).append(
+                        _time(
+                            lambda s=source, r=rows_n: s.fetch_block(r, SMALL),
+                            max(count // rounds, 5),
+                            warmup,
+                        )
+                    )
+    finally:
+        for source in sources.values():
+            source.close()
+    out = []
+    for (name, rows_n), parts in lat.items():
+        joined = np.concatenate(parts)
+        p50, p99 = float(np.percentile(joined, 50)), float(np.percentile(joined, 99))
+        off = float(np.percentile(np.concatenate(lat[("audit off", rows_n)]), 50))
+        out.append((name, rows_n, p50, p99, p50 / off))
+    return sorted(out, key=lambda r: (r[1], list(addresses).index(r[0])))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
@@ -144,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
             p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
             rows.append(("raw grpc.aio bidi", "unix", size, p50, p99, p50 - floor[size][0]))
 
+        audit_addresses = {"audit off": unix_addr}
+        for policy in ("interval", "always"):
+            proc, address = _start_server(
+                f"unix://{Path(tmp) / f'audit-{policy}.sock'}",
+                *("--audit-log", str(Path(tmp) / f"audit-{policy}.jsonl")),
+                *("--audit-fsync", policy),
+            )
+            servers.append(proc)
+            audit_addresses[f"audit {policy}"] = address
+        audit = _audit_rows(audit_addresses, iterations, warmup, 3 if args.quick else 10)
+
         block_rows = []
         source = QuantumGrpcSource(_settings(unix_addr, "bidi_streaming"))
         try:
@@ -174,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     print("fetch_block(rows, 20,480) over bidi_streaming + unix, with client health tests (µs)")
     for rows_n, p50, p99 in block_rows:
         print(f"  rows={rows_n:<3} p50={p50:9.1f} p99={p99:9.1f}")
+    print()
+    print(
+        "audit log (issue #15): fetch_block(rows, 20,480) over bidi_streaming + unix, "
+        "servers used in alternating rounds (µs)"
+    )
+    for name, rows_n, p50, p99, ratio in audit:
+        print(f"  {name:<15} rows={rows_n:<3} p50={p50:9.1f} p99={p99:9.1f} p50 ratio={ratio:5.2f}")
     target = next(r for r in rows if r[0] == "bidi_streaming" and r[1] == "unix" and r[2] == SMALL)
     verdict = "met" if target[5] <= TARGET_US else "MISSED"
     print(

@@ -12,6 +12,9 @@ Run in the vLLM environment: ``python benchmarks/bench_processor.py [--quick] [-
     same run, timed alternately so that load on the machine hits both alike;
 (f) the entropy fetch plus amplification of 64 × 20,480 bytes against reading
     the same bytes from os.urandom;
+(g) one step at B = 64 × 20,480 bytes with the per-row digests of the entropy
+    block (issue #15) against the same step with the digest step swapped for a
+    no-op, and ``row_digests`` alone on such a block;
 (b) end-to-end decode tokens/s on the tiny model (see bench_e2e.py).
 """
 
@@ -104,11 +107,12 @@ def metrics_work(b: int) -> float:
     from qr_entropy import EntropySourceRegistry
     from qr_vllm._drift import DriftMonitor
     from qr_vllm._metrics import SamplerMetrics
-    from qr_vllm._records import RequestInfo, StepRecords
+    from qr_vllm._records import EngineIdentity, RequestInfo, StepRecords
 
     info = RequestInfo(
-        1, "", "", "0" * 16, "fixed", "zscore_mean", 20480, 50, 0.9, 0.0, False, False
-    )
+        1, "", "", "0" * 16, "fixed", "zscore_mean", "default", 20480, 0, 50, 0.9, 0.0, False,
+        False,
+    )  # fmt: skip
     values = np.random.default_rng(0).normal(size=(b, 9))
     values[:, 7] = np.where(np.arange(b) % 2, 1.0, -1.0)  # z that sum to 0: no drift warning
     step = StepRecords(
@@ -116,6 +120,7 @@ def metrics_work(b: int) -> float:
         values=values, token_ids=np.zeros(b, int), status="ok", error="",
         entropy_source="system", is_fallback=False, fallback_reason="", health="not_tested",
         device_id="", fetch_latency_ns=500_000, generated_at_ns=0, timestamp_ns=0,
+        engine=EngineIdentity("0" * 32, None),
     )  # fmt: skip
     metrics = SamplerMetrics(EntropySourceRegistry.get("system")(), DriftMonitor(10_000, 4.0))
     n = 5000
@@ -199,11 +204,86 @@ def fetch_vs_urandom(quick: bool) -> tuple[float, float, float]:
     )
 
 
+def _best(fn: Any, repeat: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def digest_cost(quick: bool) -> list[tuple[int, float, float, float, float]]:
+    """(g) One step at batch 64 x 20,480 bytes with and without the per-row digests.
+
+    "Without" swaps qr_entropy's row digest step for a no-op in this process, so the two
+    columns differ by exactly the digests. The rounds alternate, and each column is the
+    fastest step seen: on a shared machine the other tenants only ever add time, so the
+    minimum is the steadiest estimate of the step's own cost.
+    Also times `row_digests` alone on the same block.
+    """
+    import numpy as np
+    import qr_entropy._base as base_module
+    import torch
+    from qr_entropy import row_digests
+    from qr_vllm import QRSamplerConfig
+    from qr_vllm.processor import QRSamplerLogitsProcessor
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    b, n = 64, 20480
+    repeat = 5 if quick else 20
+    rows = []
+    for v in (32000, 151936):
+        config = QRSamplerConfig(
+            entropy_source_type="system", log_level="none", top_k=50, top_p=0.9
+        )
+        proc = QRSamplerLogitsProcessor(None, torch.device("cpu"), False, config=config)
+        params = SamplingParams(max_tokens=1)
+        added = [(i, params, [1], []) for i in range(b)]
+        proc.update_state(BatchUpdate(batch_size=b, removed=[], added=added, moved=[]))
+        base = torch.randn(b, v) * 3
+        work = base.clone()
+
+        def step(work: Any = work, base: Any = base, proc: Any = proc) -> None:
+            work.copy_(base)
+            proc.apply(work)
+
+        with_d, without_d = [], []
+        for _ in range(3 if quick else 7):
+            with_d.append(_best(step, repeat))
+            base_module.row_digests = lambda block: ()  # type: ignore[assignment]
+            try:
+                without_d.append(_best(step, repeat))
+            finally:
+                base_module.row_digests = row_digests
+        proc.close()
+        block = np.frombuffer(os.urandom(b * n), dtype=np.uint8).reshape(b, n)
+        alone = _time(lambda block=block: row_digests(block), repeat * 5)
+        rows.append((v, min(with_d), min(without_d), min(with_d) / min(without_d), alone))
+    return rows
+
+
+def _print_digest_cost(quick: bool) -> None:
+    print("\n(g) one step at B=64 x 20,480 bytes with and without row digests, ms")
+    print(f"{'V':>7} {'with':>9} {'without':>9} {'ratio':>6} {'row_digests alone':>18}")
+    for v, with_d, without_d, ratio, alone in digest_cost(quick):
+        print(
+            f"{v:>7} {with_d * 1e3:>9.3f} {without_d * 1e3:>9.3f} {ratio:>6.2f} "
+            f"{alone * 1e3:>18.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, short e2e run")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end engines")
+    parser.add_argument("--digests-only", action="store_true", help="run only (g)")
     args = parser.parse_args()
+    if args.digests_only:
+        _print_digest_cost(args.quick)
+        return
 
     steps = per_step(args.quick)
     print("(a) per-step time on CPU, ms (k=50, p=0.9, 20,480 bytes/row, system source)")
@@ -236,6 +316,7 @@ def main() -> None:
             f"ratio {ours_f / urandom_f:.2f}"
         )
     print(f"randomized_pit / zscore_mean: {new_f / old_f:.2f}")
+    _print_digest_cost(args.quick)
     if not args.no_e2e:
         import bench_e2e
 

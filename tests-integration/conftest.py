@@ -142,6 +142,8 @@ def openai_server(
         QR_ENTROPY_SOURCE_TYPE="mock_uniform",
         QR_SAMPLE_COUNT="1024",
         QR_RECORDS_PATH=str(records),
+        # A second named source, for the qr_source admission check.
+        QR_SOURCES='{"control": {"entropy_source_type": "system"}}',
     )
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",

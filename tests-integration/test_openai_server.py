@@ -43,5 +43,19 @@ def test_vllm_xargs_change_behaviour_and_bad_ones_get_400(openai_server: tuple[s
     with pytest.raises(openai.BadRequestError, match="infrastructure"):
         complete({"qr_entropy_source_type": "system"})
 
+    # Named sources: an unknown one is a 400 that lists the known ones; a known one
+    # serves, and its records name it.
+    with pytest.raises(openai.BadRequestError) as bad_source:
+        complete({"qr_source": "qrng"})
+    assert bad_source.value.status_code == 400
+    assert "qr_source='qrng' is not a known source; known: default, control" in str(
+        bad_source.value
+    )
+    control = complete({"qr_source": "control", "qr_label": "control-arm"})
+    rows = read_records(records, len(rows) + control.usage.completion_tokens)  # type: ignore[union-attr]
+    arm = [r for r in rows if r["label"] == "control-arm"]
+    assert len(arm) == control.usage.completion_tokens  # type: ignore[union-attr]
+    assert {(r["qr_source"], r["entropy_source"]) for r in arm} == {("control", "system")}
+
     after = complete({"qr_top_k": 1})
     assert after.choices[0].text == greedy.choices[0].text

@@ -102,7 +102,16 @@ def test_health_test_failure_engages_fallback() -> None:
     block = source.fetch_block(2, 512)
     assert block.provenance.is_fallback is True
     assert block.provenance.fallback_reason.startswith("HealthTestFailure: repetition count")
+    # The fallback's bytes are fine, but the token they choose must not read as healthy.
+    assert block.provenance.health is HealthStatus.FAILED
     assert source.health_check()["primary"]["health"] == "failed"  # type: ignore[index]
+
+
+def test_an_unavailable_primary_keeps_the_fallbacks_own_health() -> None:
+    source = FallbackEntropySource(ScriptedSource({0}), SystemEntropySource())
+    prov = source.fetch_block(1, 64).provenance
+    assert prov.is_fallback
+    assert prov.health is HealthStatus.NOT_TESTED
 
 
 def test_other_errors_propagate() -> None:

@@ -112,15 +112,20 @@ def test_a_fetch_above_the_servers_limit_is_split_in_order(
     # The reference server at its default limit, the client at its default: they agree.
     server = start_server(KeyedSource(), address_for("unix", short_tmp))
     client = make_client(server.address, grpc_mode=mode)
-    rows, n = 9, 1_200_000  # 10.3 MiB: requests of 4 MiB, 4 MiB and the rest
+    rows, n = 9, 1_200_000  # 10.3 MiB: split at row boundaries, 3 whole rows per request
     block = client.fetch_block(rows, n)
-    total = rows * n
-    chunk = DEFAULT_MAX_BYTES_PER_REQUEST
-    expected = b"".join(
-        expected_bytes(min(chunk, total - offset)) for offset in range(0, total, chunk)
-    )
+    per = DEFAULT_MAX_BYTES_PER_REQUEST // n
+    assert per == 3
+    expected = b"".join(expected_bytes(per * n) for _ in range(rows // per))
     assert block.data.shape == (rows, n)
     assert block.data.tobytes() == expected
+    # Each row names the request that served it (three requests, three rows each).
+    ids = block.provenance.row_sequence_ids
+    assert len(ids) == rows
+    assert len(set(ids)) == 3
+    assert ids == tuple(sorted(ids))
+    assert [block.provenance.row_source_ids(i)[0] for i in range(rows)] == list(ids)
+    assert all(t > 0 for t in block.provenance.row_generation_timestamps_ns)
 
 
 def test_large_fetch_against_a_real_server_process(

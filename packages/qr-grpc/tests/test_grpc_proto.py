@@ -58,6 +58,7 @@ def test_wire_layout_is_the_contract() -> None:
     assert {name: f.number for name, f in request.items()} == {
         "bytes_needed": 1,
         "sequence_id": 2,
+        "rows": 3,
     }
     assert {name: f.number for name, f in response.items()} == {
         "data": 1,

@@ -80,7 +80,8 @@ def test_a_cross_field_refusal_comes_from_the_engine_rules(tmp_path: Path) -> No
 def test_the_key_table_matches_qr_vllm() -> None:
     config = pytest.importorskip("qr_vllm._config")
     named = set(config.PER_REQUEST_FIELDS)
-    assert set(_admission.KNOWN_KEYS) - {"source"} == named - {"source"}
+    # replay_u is set by `qr-vllm replay`, never by a study's condition.
+    assert set(_admission.KNOWN_KEYS) - {"source"} == named - {"source", "replay_u"}
     # Every value the table refuses, the engine refuses too (and the edges it accepts, it accepts).
     probes: dict[str, list[object]] = {
         "sample_count": [0, 1024 * 1024 + 1, 2.5, "x"],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from qr_vllm._records import N_VALUE_COLUMNS, Column, RequestInfo, StepRecords
+from qr_vllm._records import N_VALUE_COLUMNS, Column, EngineIdentity, RequestInfo, StepRecords
+
+ENGINE = EngineIdentity("0" * 32, None)
 
 
 def info(serial: int = 1, *, full: bool = False, diagnostic: bool = False) -> RequestInfo:
@@ -14,7 +16,9 @@ def info(serial: int = 1, *, full: bool = False, diagnostic: bool = False) -> Re
         config_hash="0123456789abcdef",
         temperature_strategy="fixed",
         signal_amplifier="zscore_mean",
+        source="default",
         sample_count=16,
+        v_bytes=0,
         top_k=50,
         top_p=0.9,
         min_p=0.0,
@@ -63,4 +67,6 @@ def step(
         fetch_latency_ns=1_500_000,
         generated_at_ns=1_700_000_000_000_000_000,
         timestamp_ns=1_700_000_000_000_000_001,
+        engine=ENGINE,
+        digests=tuple(f"{i:032x}" for i in range(rows)) if status == "ok" else (),
     )

@@ -36,7 +36,7 @@ def test_defaults_follow_the_readme() -> None:
     assert config.top_p == 0.9
     assert config.min_p == 0.0
     assert config.temperature_strategy == "fixed"
-    assert config.signal_amplifier_type == "zscore_mean"
+    assert config.signal_amplifier_type == "randomized_pit"  # issue #13; zscore_mean by name
     assert config.log_level == "summary"
     assert config.records_path is None
     assert config.bypass is False

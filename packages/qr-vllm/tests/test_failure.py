@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _requests import resolver, state
-from qr_entropy import EntropySource, EntropyUnavailableError, build_entropy_source
+from qr_entropy import EntropySource, EntropyUnavailableError, build_entropy_source, row_digest
 from qr_vllm import QRSamplerConfig, SamplingLogger
 from qr_vllm._emit import RecordEmitter
 from qr_vllm._failure import (
@@ -21,8 +21,8 @@ from qr_vllm._failure import (
     stop_rows,
     stop_tokens,
 )
-from qr_vllm._plan import RowSet, build_plan
-from qr_vllm._records import N_VALUE_COLUMNS
+from qr_vllm._plan import EntropyPlan, RowSet, build_plan
+from qr_vllm._records import N_VALUE_COLUMNS, EngineIdentity
 from qr_vllm._slots import SlotTable
 
 
@@ -65,7 +65,11 @@ def test_rows_without_a_stop_token_are_left_to_vllm() -> None:
 
 def emitter(source: EntropySource, *, enabled: bool = True) -> tuple[RecordEmitter, SamplingLogger]:
     sampling_logger = SamplingLogger("none")
-    return RecordEmitter(sampling_logger, "v2", source, enabled=enabled), sampling_logger
+    engine = EngineIdentity("e" * 32, None)
+    return (
+        RecordEmitter(sampling_logger, "v2", source, enabled=enabled, engine=engine),
+        sampling_logger,
+    )
 
 
 def sampled_rows(n: int) -> RowSet:
@@ -83,8 +87,9 @@ def test_sampled_rows_become_ok_records_with_the_blocks_provenance() -> None:
     block = source.fetch_block(2, 4)
     values = np.arange(2 * N_VALUE_COLUMNS, dtype=np.float64).reshape(2, N_VALUE_COLUMNS)
     before = time.time_ns()
-    emit.sampled(rows, values, block.provenance, 1_000_000)
-    emit.sampled(rows, values, block.provenance, 1_000_000)
+    plan = EntropyPlan((), 2, 4, uniform=True)
+    emit.sampled(rows, values, block, plan, 1_000_000)
+    emit.sampled(rows, values, block, plan, 1_000_000)
     recs = sampling_logger.diagnostic_records
     assert [(r.slot, r.sequence_number, r.status) for r in recs] == [
         (10, 0, "ok"),
@@ -100,6 +105,10 @@ def test_sampled_rows_become_ok_records_with_the_blocks_provenance() -> None:
     assert first.runner == "v2"
     assert first.timestamp_ns >= before
     assert 0 < first.entropy_generated_at_ns <= first.timestamp_ns
+    # Each token names exactly its own row of the block, and the writer.
+    assert [r.entropy_digest for r in recs[:2]] == [row_digest(block.data[i]) for i in range(2)]
+    assert (first.engine_id, first.dp_rank, first.records_schema) == ("e" * 32, None, 2)
+    assert first.health == "not_tested"
     source.close()
 
 

@@ -51,7 +51,7 @@ class GatedSource(EntropySource):
 
 def entropy_plan(rows: int, count: int) -> EntropyPlan:
     amp = AmplifierRegistry.build("zscore_mean")
-    group = AmplifierGroup(amp, count, np.arange(rows, dtype=np.int64), 0)
+    group = AmplifierGroup(amp, count, count, np.arange(rows, dtype=np.int64), 0)
     return EntropyPlan((group,), rows, count, uniform=True)
 
 
@@ -117,11 +117,20 @@ def test_mixed_groups_read_their_own_bytes_of_one_flat_block() -> None:
         slots.set_slot(i, state(res, sample_count=c))
     plan = build_plan(slots, 4, 100, None, with_penalties=False).entropy
     assert plan is not None
-    data = np.random.default_rng(2).integers(0, 256, (1, sum(counts)), dtype=np.uint8)
+    v = plan.groups[0].amplifier.row_bytes(0)  # the amplifier's V bytes per row
+    widths = [c + v for c in counts]
+    data = np.random.default_rng(2).integers(0, 256, (1, sum(widths)), dtype=np.uint8)
     u, z, mean = amplify(data, plan)
-    # The block is laid out group by group (16-byte rows 0 and 2, then row 1, then row 3).
+    # The block is laid out group by group (rows 0 and 2, then row 1, then row 3), each
+    # row its S bytes then its V bytes.
     flat = data.reshape(-1)
-    stretches = {0: flat[0:16], 2: flat[16:32], 1: flat[32:96], 3: flat[96:104]}
+    a, b, c = 16 + v, 64 + v, 8 + v
+    stretches = {
+        0: flat[0:a],
+        2: flat[a : 2 * a],
+        1: flat[2 * a : 2 * a + b],
+        3: flat[2 * a + b : 2 * a + b + c],
+    }
     amp = plan.groups[0].amplifier
     for row, raw in stretches.items():
         one = amp.amplify(raw.tobytes())

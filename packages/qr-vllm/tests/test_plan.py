@@ -87,7 +87,8 @@ def test_every_row_one_strategy_one_amplifier() -> None:
     assert p.temperature[0].positions is None
     assert p.entropy is not None
     assert p.entropy.uniform
-    assert (p.entropy.fetch_rows, p.entropy.fetch_count) == (3, 32)
+    # randomized_pit (the default) reads 7 V bytes per row beyond the 32 S bytes.
+    assert (p.entropy.fetch_rows, p.entropy.fetch_count) == (3, 32 + 7)
     assert p.penalties is None
     assert p.key == b""
 
@@ -135,9 +136,11 @@ def test_mixed_sample_counts_share_one_fetch_with_contiguous_byte_ranges() -> No
     p = plan(slots, 4)
     assert p.entropy is not None
     assert not p.entropy.uniform
-    assert (p.entropy.fetch_rows, p.entropy.fetch_count) == (1, sum(counts))
-    groups = [(g.sample_count, g.positions.tolist(), g.byte_offset) for g in p.entropy.groups]
-    assert groups == [(16, [0, 2], 0), (64, [1], 32), (8, [3], 96)]
+    assert (p.entropy.fetch_rows, p.entropy.fetch_count) == (1, sum(counts) + 7 * len(counts))
+    groups = [
+        (g.sample_count, g.row_bytes, g.positions.tolist(), g.byte_offset) for g in p.entropy.groups
+    ]
+    assert groups == [(16, 23, [0, 2], 0), (64, 71, [1], 46), (8, 15, [3], 117)]
 
 
 def test_rows_group_by_temperature_strategy() -> None:

@@ -123,9 +123,9 @@ def test_one_fetch_per_step_for_all_rows() -> None:
     proc = make(source=source)
     add(proc, (0, params()), (1, params()), (2, params(qr_bypass=True)))
     proc.apply(torch.randn(3, VOCAB))
-    assert source.requests == [2 * 64]
+    assert source.requests == [2 * (64 + 7)]  # randomized_pit: 64 S + 7 V bytes per row
     proc.apply(torch.randn(3, VOCAB))
-    assert source.requests == [128, 128]
+    assert source.requests == [142, 142]
 
 
 def test_the_fetch_is_under_way_before_the_step_computes_temperatures(
@@ -175,7 +175,7 @@ def test_mixed_sample_counts_still_one_fetch() -> None:
     proc = make(source=source)
     add(proc, (0, params()), (1, params(qr_sample_count=10)), (2, params()))
     proc.apply(torch.randn(3, VOCAB))
-    assert source.requests == [64 + 10 + 64]
+    assert source.requests == [64 + 10 + 64 + 3 * 7]
 
 
 def test_top_k_one_is_greedy_and_bypass_rows_are_untouched() -> None:

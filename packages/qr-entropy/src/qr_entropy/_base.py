@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -13,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qr_entropy._check import SourceCheck
+from qr_entropy._digest import row_digest, row_digests
 from qr_entropy._errors import EntropyConfigError, EntropyUnavailableError
 from qr_entropy._health import HealthMonitor, HealthTestCutoffs
 from qr_entropy._settings import DEFAULT_MAX_REQUEST_BYTES, EntropySettings
@@ -48,11 +50,23 @@ class Provenance:
         generated_at_ns: ``time.monotonic_ns()`` when the bytes were produced
             or received.
         health: Health-test outcome for these bytes (``NOT_TESTED`` for
-            sources that are not physical noise sources).
+            sources that are not physical noise sources); with ``is_fallback``,
+            ``FAILED`` says the primary's bytes failed a health test.
         device_id: The producing device, when the source knows it (for
             example the gRPC server's device_id).
         fetch_latency_ns: Wall time of the fetch in nanoseconds.
         fallback_reason: The primary's error message when ``is_fallback``.
+        row_digests: `qr_entropy.row_digest` of each row of the bytes, in row order
+            (one for `EntropySource.fetch`), computed where the bytes were received.
+        sequence_id: The server's echo of the request's sequence id (0: none); of
+            the first request when the fetch was split into several.
+        generation_timestamp_ns: The server's clock (Unix ns) when it generated the
+            bytes (0: the source reports none); of the first request when split.
+        row_sequence_ids: The sequence id of the request that served each row, in row
+            order (empty: the source reports none). A fetch split into several
+            requests splits at row boundaries, so each row has exactly one.
+        row_generation_timestamps_ns: The server's generation time of each row's
+            request, in row order (empty: the source reports none).
     """
 
     source: str
@@ -62,6 +76,17 @@ class Provenance:
     device_id: str = ""
     fetch_latency_ns: int = 0
     fallback_reason: str = ""
+    row_digests: tuple[str, ...] = ()
+    sequence_id: int = 0
+    generation_timestamp_ns: int = 0
+    row_sequence_ids: tuple[int, ...] = ()
+    row_generation_timestamps_ns: tuple[int, ...] = ()
+
+    def row_source_ids(self, row: int) -> tuple[int, int]:
+        """``(sequence_id, generation_timestamp_ns)`` of the request that served ``row``."""
+        if row < len(self.row_sequence_ids):
+            return self.row_sequence_ids[row], self.row_generation_timestamps_ns[row]
+        return self.sequence_id, self.generation_timestamp_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +238,17 @@ class EntropySource(ABC):
         )
 
     def seal_block(
-        self, data: bytes, rows: int, n: int, *, started_ns: int, device_id: str = ""
+        self,
+        data: bytes,
+        rows: int,
+        n: int,
+        *,
+        started_ns: int,
+        device_id: str = "",
+        sequence_id: int = 0,
+        generation_timestamp_ns: int = 0,
+        row_sequence_ids: tuple[int, ...] = (),
+        row_generation_timestamps_ns: tuple[int, ...] = (),
     ) -> EntropyBlock:
         """Check the length of ``data``, health-test it and wrap it as a (rows, n) block.
 
@@ -223,6 +258,11 @@ class EntropySource(ABC):
             n: Bytes per row.
             started_ns: ``time.monotonic_ns()`` before the read, for the latency.
             device_id: The producing device, if known.
+            sequence_id: The server's sequence id of the response, if any.
+            generation_timestamp_ns: The server's generation time (Unix ns), if any.
+            row_sequence_ids: Per row, the sequence id of the request that served it
+                (a fetch split into several requests); empty: ``sequence_id`` for all.
+            row_generation_timestamps_ns: Per row, that request's generation time.
 
         Raises:
             EntropyUnavailableError: ``data`` has the wrong length.
@@ -230,6 +270,15 @@ class EntropySource(ABC):
         """
         provenance = self._seal(data, rows * n, started_ns, device_id)
         array = np.frombuffer(bytes(data), dtype=np.uint8).reshape(rows, n)
+        # Digested after the length and health checks, from the array the caller gets.
+        provenance = dataclasses.replace(
+            provenance,
+            row_digests=row_digests(array),
+            sequence_id=sequence_id,
+            generation_timestamp_ns=generation_timestamp_ns,
+            row_sequence_ids=row_sequence_ids,
+            row_generation_timestamps_ns=row_generation_timestamps_ns,
+        )
         return EntropyBlock(data=array, provenance=provenance)
 
     def fetch(self, n: int) -> EntropyFetch:
@@ -244,6 +293,7 @@ class EntropySource(ABC):
         started_ns = time.monotonic_ns()
         data = self.get_random_bytes(total)
         provenance = self._seal(data, total, started_ns, self.device_id)
+        provenance = dataclasses.replace(provenance, row_digests=(row_digest(data),))
         return EntropyFetch(data=bytes(data), provenance=provenance)
 
     def fetch_block(self, rows: int, n: int) -> EntropyBlock:

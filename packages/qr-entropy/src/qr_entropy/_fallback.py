@@ -7,9 +7,9 @@ import logging
 import threading
 import time
 
-from qr_entropy._base import EntropyBlock, EntropyFetch, EntropySource, Provenance
+from qr_entropy._base import EntropyBlock, EntropyFetch, EntropySource, HealthStatus, Provenance
 from qr_entropy._check import SourceCheck
-from qr_entropy._errors import EntropyUnavailableError
+from qr_entropy._errors import EntropyUnavailableError, HealthTestFailure
 
 __all__ = ["FallbackEntropySource"]
 
@@ -23,7 +23,9 @@ class FallbackEntropySource(EntropySource):
     fallback; every other exception, bad arguments included, propagates. Each
     fetch served by the fallback has ``is_fallback=True`` and the primary's
     error in ``fallback_reason``; ``fallback_count`` only ever grows, so a
-    later primary success never hides an earlier fallback.
+    later primary success never hides an earlier fallback. When the primary's
+    bytes failed a health test, the fallback's provenance says so with
+    ``health=FAILED``: a stuck device is never reported as healthy bytes.
     """
 
     def __init__(self, primary: EntropySource, fallback: EntropySource) -> None:
@@ -68,8 +70,11 @@ class FallbackEntropySource(EntropySource):
         return reason
 
     @staticmethod
-    def _flag(provenance: Provenance, reason: str) -> Provenance:
-        return dataclasses.replace(provenance, is_fallback=True, fallback_reason=reason)
+    def _flag(provenance: Provenance, reason: str, error: EntropyUnavailableError) -> Provenance:
+        health = HealthStatus.FAILED if isinstance(error, HealthTestFailure) else provenance.health
+        return dataclasses.replace(
+            provenance, is_fallback=True, fallback_reason=reason, health=health
+        )
 
     def fetch(self, n: int) -> EntropyFetch:
         """Fetch ``n`` bytes from the primary, or flagged from the fallback."""
@@ -79,7 +84,7 @@ class FallbackEntropySource(EntropySource):
         except EntropyUnavailableError as error:
             reason = self._record(error)
             result = self.fallback.fetch(n)
-            return EntropyFetch(result.data, self._flag(result.provenance, reason))
+            return EntropyFetch(result.data, self._flag(result.provenance, reason, error))
 
     def fetch_block(self, rows: int, n: int) -> EntropyBlock:
         """Fetch a (rows, n) block from the primary, or flagged from the fallback."""
@@ -89,7 +94,7 @@ class FallbackEntropySource(EntropySource):
         except EntropyUnavailableError as error:
             reason = self._record(error)
             result = self.fallback.fetch_block(rows, n)
-            return EntropyBlock(result.data, self._flag(result.provenance, reason))
+            return EntropyBlock(result.data, self._flag(result.provenance, reason, error))
 
     def get_random_bytes(self, n: int) -> bytes:
         """``fetch(n).data``; use `fetch` to learn whether the fallback served it."""

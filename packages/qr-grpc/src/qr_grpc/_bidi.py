@@ -141,8 +141,10 @@ class BidiSession:
             if waiter is not None:
                 waiter.set_exception(failure.copy())
 
-    def request(self, n: int, timeout_s: float) -> EntropyResponse:
+    def request(self, n: int, timeout_s: float, rows: int = 0) -> EntropyResponse:
         """Send one request on the stream and wait for its response (any thread but the loop's).
+
+        ``rows`` is the request's row split (0: one row), for the server's audit log.
 
         Raises:
             FetchFailure: Timeout, or the stream failed (``transport`` / ``rejected``).
@@ -156,7 +158,8 @@ class BidiSession:
             # Inside the lock so writes leave in sequence order (the FIFO fallback needs it).
             try:
                 self._loop.call_soon_threadsafe(
-                    self._queue.put_nowait, (seq, EntropyRequest(bytes_needed=n, sequence_id=seq))
+                    self._queue.put_nowait,
+                    (seq, EntropyRequest(bytes_needed=n, sequence_id=seq, rows=rows)),
                 )
             except RuntimeError:  # the loop was closed under us (source closed meanwhile)
                 self._pending.pop(seq, None)

@@ -10,7 +10,11 @@ The rules (the knobs are `GrpcSettings` fields):
   wait-for-ready), which rebuilds the channel and is retried up to
   ``grpc_retry_count`` times within the deadline.
 - A fetch larger than ``grpc_max_bytes_per_request`` is split into requests of at most
-  that size, sent one after another, and their payloads are joined in order.
+  that size, sent one after another, and their payloads are joined in order. A fetch of
+  rows (one per token) splits at row boundaries, and each request carries its own row
+  count, so the server's audit log digests exactly the rows the records digest. Only a
+  single row larger than the limit is split inside the row (its requests carry
+  ``rows=0``); its record's digest then matches no log line (README, "Auditing entropy").
 - The circuit breaker hears one verdict per fetch, whatever the attempts.
 """
 
@@ -20,6 +24,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from qr_grpc._address import GrpcAddress
 from qr_grpc._bidi import BidiSession
@@ -31,7 +36,7 @@ from qr_grpc._proto.entropy_service_pb2 import EntropyResponse
 from qr_grpc._settings import GrpcSettings
 from qr_grpc._transport import AioTransport
 
-__all__ = ["LOOP_GRACE_S", "Fetcher", "hint_for"]
+__all__ = ["LOOP_GRACE_S", "Fetched", "Fetcher", "hint_for"]
 
 logger = logging.getLogger("qr_grpc.source")
 
@@ -59,6 +64,50 @@ def hint_for(failure: FetchFailure, settings: GrpcSettings) -> str:
             "QR_GRPC_METHOD_PATH and QR_GRPC_STREAM_METHOD_PATH"
         )
     return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """The outcome of one fetch: the joined payload and who served each row.
+
+    Attributes:
+        data: The payload, split requests joined in order.
+        device_id: The server's device_id (of the first request).
+        row_sequence_ids: Per row, the sequence id of the request that served it.
+        row_generation_timestamps_ns: Per row, that request's generation time.
+    """
+
+    data: bytes
+    device_id: str
+    row_sequence_ids: tuple[int, ...]
+    row_generation_timestamps_ns: tuple[int, ...]
+
+
+def plan_requests(n: int, rows: int, chunk: int) -> list[tuple[int, int]]:
+    """The ``(bytes, rows)`` of each request of a fetch of ``n`` bytes in ``rows`` rows.
+
+    ``rows`` 0 means one row, sent as ``rows=0`` (what older clients send). Requests hold
+    whole rows, as many as fit in ``chunk`` bytes; a row larger than ``chunk`` alone is
+    split inside, each of its requests with ``rows=0``.
+    """
+    row_size = n // rows if rows > 0 else n
+    if rows > 0 and row_size <= chunk:
+        per = max(1, chunk // row_size)
+        plan: list[tuple[int, int]] = []
+        left = rows
+        while left > 0:
+            take = min(per, left)
+            plan.append((take * row_size, take))
+            left -= take
+        return plan
+    plan = []
+    for _ in range(max(rows, 1)):
+        offset = 0
+        while offset < row_size:
+            size = min(chunk, row_size - offset)
+            plan.append((size, rows if size == n else 0))
+            offset += size
+    return plan
 
 
 class Fetcher:
@@ -93,11 +142,12 @@ class Fetcher:
         self._chunk = settings.grpc_max_bytes_per_request
         self._bidi: BidiSession | None = None
 
-    def fetch(self, n: int) -> tuple[bytes, str]:
+    def fetch(self, n: int, rows: int = 0) -> Fetched:
         """Fetch exactly n > 0 bytes within the deadline.
 
-        Returns:
-            The payload (split requests joined in order) and the server's device_id.
+        Args:
+            n: Bytes of the fetch.
+            rows: How the bytes split into rows (0: one row); must divide n.
 
         Raises:
             CircuitOpenError: The breaker refused the fetch.
@@ -114,12 +164,8 @@ class Fetcher:
         started = time.monotonic()
         deadline = started + self._deadline_s
         try:
-            parts: list[EntropyResponse] = []
-            offset = 0
-            while offset < n:
-                size = min(self._chunk, n - offset)
-                parts.append(self._request(size, n, deadline))
-                offset += size
+            plan = plan_requests(n, rows, self._chunk)
+            parts = [self._request(size, n, deadline, part_rows) for size, part_rows in plan]
         except GrpcEntropyUnavailableError as error:
             self._breaker.record_failure()
             self._log_transition(state_before, str(error))
@@ -132,13 +178,23 @@ class Fetcher:
         self._breaker.record_success(time.monotonic() - started, n)
         self._log_transition(state_before, "")
         data = parts[0].data if len(parts) == 1 else b"".join(part.data for part in parts)
-        return data, parts[0].device_id
+        sequence_ids: list[int] = []
+        generated: list[int] = []
+        row_size = n // rows if rows > 0 else n
+        offset = 0
+        for (size, _), part in zip(plan, parts, strict=True):
+            # Whole rows each; a row split inside takes the ids of its first request.
+            count = size // row_size if size >= row_size else int(offset % row_size == 0)
+            sequence_ids.extend([part.sequence_id] * count)
+            generated.extend([part.generation_timestamp_ns] * count)
+            offset += size
+        return Fetched(data, parts[0].device_id, tuple(sequence_ids), tuple(generated))
 
     def _raise_if_closed(self) -> None:
         if self._is_closed():
             raise GrpcEntropyUnavailableError(f"quantum_grpc source for {self._address} is closed")
 
-    def _request(self, size: int, total: int, deadline: float) -> EntropyResponse:
+    def _request(self, size: int, total: int, deadline: float, rows: int) -> EntropyResponse:
         """One request of ``size`` bytes, retried after transport failures until deadline."""
         attempts = 1 + self._settings.grpc_retry_count
         last: FetchFailure | None = None
@@ -150,7 +206,7 @@ class Fetcher:
                 break
             attempt += 1
             try:
-                return self.attempt(size, remaining)
+                return self.attempt(size, remaining, rows)
             except FetchFailure as failure:
                 last = failure
                 logger.debug(
@@ -183,21 +239,23 @@ class Fetcher:
             f"{self._address} failed after {attempt} attempt(s): {cause}"
         )
 
-    def attempt(self, n: int, timeout_s: float) -> EntropyResponse:
-        """One request of n bytes on the configured mode, its length checked.
+    def attempt(self, n: int, timeout_s: float, rows: int = 0) -> EntropyResponse:
+        """One request of n bytes in ``rows`` rows (0: one), on the configured mode, checked.
 
         Raises:
             FetchFailure: The attempt failed; ``kind`` says how.
         """
         try:
-            return self._attempt_on_loop(n, timeout_s)
+            return self._attempt_on_loop(n, timeout_s, rows)
         except LoopStoppedError:
             raise FetchFailure("transport", "source closed during the fetch") from None
 
-    def _attempt_on_loop(self, n: int, timeout_s: float) -> EntropyResponse:
+    def _attempt_on_loop(self, n: int, timeout_s: float, rows: int) -> EntropyResponse:
         if self._settings.grpc_mode != "bidi_streaming":
             try:
-                return self._loop.run(self._transport.fetch(n, timeout_s), timeout_s + LOOP_GRACE_S)
+                return self._loop.run(
+                    self._transport.fetch(n, timeout_s, rows), timeout_s + LOOP_GRACE_S
+                )
             except concurrent.futures.CancelledError:
                 # close() cancels what is running on the loop.
                 raise FetchFailure("transport", "fetch cancelled by close()") from None
@@ -210,7 +268,7 @@ class Fetcher:
         if session is None or session.failure is not None:
             session = self._bidi = self._loop.run(self._transport.bidi_session())
         try:
-            response = session.request(n, timeout_s)
+            response = session.request(n, timeout_s, rows)
         except FetchFailure as failure:
             self._loop.run(self._transport.reset_after(failure, session.generation))
             raise

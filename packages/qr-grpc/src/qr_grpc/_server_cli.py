@@ -10,8 +10,9 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from qr_entropy import EntropySettings, EntropySourceRegistry, QREntropyError
+from qr_entropy import AuditLog, EntropySettings, EntropySourceRegistry, QREntropyError
 
+from qr_grpc._audit import add_audit_arguments, open_audit_log
 from qr_grpc._errors import GrpcConfigError
 from qr_grpc._logfmt import LogFormat, configure_logging
 from qr_grpc._server_metrics import ServerMetrics
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=("logfmt", "json"), default="logfmt", help="log line format"
     )
+    add_audit_arguments(parser)
     return parser
 
 
@@ -118,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = " (pip install 'qr-grpc[metrics]')" if isinstance(error, ImportError) else ""
             logger.error("event=startup_failed error=%r%s", f"metrics: {error}", hint)
             return 2
+    audit: AuditLog | None = None
     try:
+        audit = open_audit_log(args)
         server = serve(
             source,
             args.address,
@@ -134,9 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_workers=args.max_workers,
             close_source=True,
             metrics=metrics,
+            audit_log=audit,
         )
     except GrpcConfigError as error:
         source.close()
+        if audit is not None:
+            audit.close()
         logger.error("event=startup_failed error=%r", str(error))
         return 2
 
@@ -155,4 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(ValueError):
                 signal.signal(sig, handler)
         server.stop(0)
+        if audit is not None:
+            audit.close()
     return 0

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from qr_entropy import EntropySource, EntropyUnavailableError, QREntropyError
+from qr_entropy import AuditLog, EntropySource, EntropyUnavailableError, QREntropyError
 
+from qr_grpc._audit import check_rows, log_served
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
 
 __all__ = ["EntropyServicer"]
@@ -39,7 +40,9 @@ class EntropyServicer:
         device_id: str,
         delay_s: float,
         jitter_s: float = 0.0,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit
         self._source = source
         self._max_bytes = max_bytes
         self._api_key = api_key.encode()
@@ -78,6 +81,7 @@ class EntropyServicer:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"bytes_needed={n} is outside the allowed range 1..{self._max_bytes}",
             )
+        check_rows(request, context)
         if self._delay_s or self._jitter_s:
             # A test aid, not entropy: the jitter's randomness does not need to be good.
             delay = self._delay_s + random.uniform(0.0, self._jitter_s)
@@ -92,11 +96,22 @@ class EntropyServicer:
         except QREntropyError as error:
             logger.error("event=source_error bytes=%d error=%r", n, str(error))
             context.abort(grpc.StatusCode.INTERNAL, f"entropy source error: {error}")
+        generated_ns = time.time_ns()
+        device_id = self._device_id or fetched.provenance.device_id or self._source.name
+        if self._audit is not None:
+            log_served(
+                self._audit,
+                request,
+                fetched.data,
+                time_ns=generated_ns,
+                device_id=device_id,
+                context=context,
+            )
         return EntropyResponse(
             data=fetched.data,
             sequence_id=request.sequence_id,
-            generation_timestamp_ns=time.time_ns(),
-            device_id=self._device_id or fetched.provenance.device_id or self._source.name,
+            generation_timestamp_ns=generated_ns,
+            device_id=device_id,
         )
 
     def GetEntropy(self, request: EntropyRequest, context: Any) -> EntropyResponse:  # noqa: N802

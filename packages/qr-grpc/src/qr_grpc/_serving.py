@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from qr_entropy import EntropySource
+from qr_entropy import AuditLog, EntropySource
 
 from qr_grpc._address import GrpcAddress, parse_address
 from qr_grpc._errors import GrpcConfigError
@@ -140,6 +140,7 @@ def serve(
     delay_jitter_ms: float = 0.0,
     max_workers: int = 16,
     close_source: bool = False,
+    audit_log: AuditLog | None = None,
     metrics: ServerMetrics | None = None,
 ) -> EntropyServer:
     """Start an entropy server in this process and return its handle.
@@ -163,6 +164,8 @@ def serve(
             up to this long to each response, to simulate a jittery device.
         max_workers: Threads serving calls; each open bidi stream holds one.
         close_source: Close ``source`` when the server stops.
+        audit_log: Write a line per response here before sending it; the caller
+            closes it after `EntropyServer.stop`.
         metrics: Count and time every request in these Prometheus metrics.
 
     Returns:
@@ -225,6 +228,7 @@ def serve(
         device_id=device_id,
         delay_s=delay_ms / 1000.0,
         jitter_s=delay_jitter_ms / 1000.0,
+        audit=audit_log,
     )
     get_entropy: Any = servicer.GetEntropy
     stream_entropy: Any = servicer.StreamEntropy

@@ -118,7 +118,7 @@ class AioTransport:
         self._generation += 1
         logger.debug("opened grpc channel target=%s mode=%s", cfg.target, cfg.mode)
 
-    async def fetch(self, n: int, timeout_s: float) -> EntropyResponse:
+    async def fetch(self, n: int, timeout_s: float, rows: int = 0) -> EntropyResponse:
         """Fetch exactly n bytes with one unary or server-streaming request.
 
         Args:
@@ -135,9 +135,9 @@ class AioTransport:
         generation = self._generation
         try:
             if self._config.mode == "unary":
-                response = await self._fetch_unary(n, timeout_s)
+                response = await self._fetch_unary(n, timeout_s, rows)
             else:
-                response = await self._fetch_server_streaming(n, timeout_s)
+                response = await self._fetch_server_streaming(n, timeout_s, rows)
         except FetchFailure as failure:
             await self.reset_after(failure, generation)
             raise
@@ -166,10 +166,10 @@ class AioTransport:
             logger.debug("rebuilding grpc channel after: %s", failure.detail)
             await self.reset()
 
-    async def _fetch_unary(self, n: int, timeout_s: float) -> EntropyResponse:
+    async def _fetch_unary(self, n: int, timeout_s: float, rows: int) -> EntropyResponse:
         try:
             response: EntropyResponse = await self._unary(
-                EntropyRequest(bytes_needed=n, sequence_id=next(self._seq)),
+                EntropyRequest(bytes_needed=n, sequence_id=next(self._seq), rows=rows),
                 timeout=timeout_s,
                 metadata=self._config.metadata,
             )
@@ -177,13 +177,13 @@ class AioTransport:
             raise classify(error, "unary call") from None
         return response
 
-    async def _fetch_server_streaming(self, n: int, timeout_s: float) -> EntropyResponse:
+    async def _fetch_server_streaming(self, n: int, timeout_s: float, rows: int) -> EntropyResponse:
         # One request then half-close, on the bidi method: on the wire that is exactly a
         # unary-stream call, so it is issued as one (request, metadata and half-close go
         # out in one batch, and a server that refuses the call reports its own status
         # instead of a write racing its close).
         call = self._server_stream(
-            EntropyRequest(bytes_needed=n, sequence_id=next(self._seq)),
+            EntropyRequest(bytes_needed=n, sequence_id=next(self._seq), rows=rows),
             timeout=timeout_s,
             metadata=self._config.metadata,
         )

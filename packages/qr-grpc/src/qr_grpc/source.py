@@ -18,7 +18,7 @@ from qr_grpc._address import GrpcAddress, parse_address
 from qr_grpc._breaker import CircuitBreaker, CircuitState
 from qr_grpc._client_config import load_settings, transport_config
 from qr_grpc._errors import GrpcEntropyUnavailableError
-from qr_grpc._fetcher import LOOP_GRACE_S, Fetcher
+from qr_grpc._fetcher import LOOP_GRACE_S, Fetched, Fetcher
 from qr_grpc._loop import LoopThread
 from qr_grpc._probe import probe
 from qr_grpc._settings import GrpcSettings
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 # Budget of the live health probe in health_check().
 _HEALTH_PROBE_TIMEOUT_S = 1.0
+_EMPTY = Fetched(b"", "", (), ())
 
 
 class QuantumGrpcSource(EntropySource):
@@ -170,7 +171,7 @@ class QuantumGrpcSource(EntropySource):
                 of bytes, or the circuit breaker is open.
         """
         total = self.check_request(1, n)
-        return self._request(total)[0]
+        return self._request(total).data
 
     def fetch(self, n: int) -> EntropyFetch:
         """Fetch n bytes with provenance carrying the server's device_id.
@@ -181,9 +182,9 @@ class QuantumGrpcSource(EntropySource):
         """
         total = self.check_request(1, n)
         started_ns = time.monotonic_ns()
-        data, device_id = self._request(total)
-        block = self.seal_block(data, 1, total, started_ns=started_ns, device_id=device_id)
-        return EntropyFetch(data=data, provenance=block.provenance)
+        fetched = self._request(total)
+        block = self._seal_fetched(fetched, 1, total, started_ns)
+        return EntropyFetch(data=fetched.data, provenance=block.provenance)
 
     def fetch_block(self, rows: int, n: int) -> EntropyBlock:
         """Fetch a (rows, n) uint8 block with one request of rows * n bytes.
@@ -198,19 +199,34 @@ class QuantumGrpcSource(EntropySource):
         """
         total = self.check_request(rows, n)
         started_ns = time.monotonic_ns()
-        data, device_id = self._request(total)
-        return self.seal_block(data, rows, n, started_ns=started_ns, device_id=device_id)
+        fetched = self._request(total, rows)
+        return self._seal_fetched(fetched, rows, n, started_ns)
 
-    def _request(self, n: int) -> tuple[bytes, str]:
-        """The payload of a fetch of n bytes and the server's device_id."""
+    def _seal_fetched(self, fetched: Fetched, rows: int, n: int, started_ns: int) -> EntropyBlock:
+        ids = fetched.row_sequence_ids
+        times = fetched.row_generation_timestamps_ns
+        return self.seal_block(
+            fetched.data,
+            rows,
+            n,
+            started_ns=started_ns,
+            device_id=fetched.device_id,
+            sequence_id=ids[0] if ids else 0,
+            generation_timestamp_ns=times[0] if times else 0,
+            # Per row only when the fetch was split across requests that differ.
+            row_sequence_ids=ids if len(set(ids)) > 1 else (),
+            row_generation_timestamps_ns=times if len(set(ids)) > 1 else (),
+        )
+
+    def _request(self, n: int, rows: int = 0) -> Fetched:
         if n == 0:
             if self._closed:
                 raise GrpcEntropyUnavailableError(
                     f"quantum_grpc source for {self._address} is closed"
                 )
             # Nothing to generate; the protocol has no zero-byte request (servers reject it).
-            return b"", ""
-        return self._fetcher.fetch(n)
+            return _EMPTY
+        return self._fetcher.fetch(n, rows)
 
     def check(self, timeout_s: float | None = None) -> SourceCheck:
         """Send one real 1-byte request and report what stands in the way of serving.

@@ -20,10 +20,17 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
-from qr_core import DEFAULT_UNIFORM_CLAMP_EPSILON, POPULATION_MEAN, POPULATION_STD
+from qr_core import (
+    DEFAULT_AMPLIFIER,
+    DEFAULT_UNIFORM_CLAMP_EPSILON,
+    POPULATION_MEAN,
+    POPULATION_STD,
+)
 from qr_entropy import EntropySettings
 
 from qr_vllm._errors import ConfigValidationError
+from qr_vllm._messages import MAX_SHOWN_VALUE, describe_overrides, shown
+from qr_vllm._sources import DEFAULT_SOURCE, HASH_EXCLUDED_NAMED, HELP, check_named
 
 __all__ = [
     "EXTRA_ARGS_PREFIX",
@@ -45,8 +52,6 @@ LogLevel = Literal["none", "summary", "full"]
 #: Longest accepted ``qr_session`` / ``qr_label``: they are copied into every record.
 MAX_TAG_LENGTH = 256
 
-#: Longest rendering of a bad value in an error message: a 400 body never echoes a large input.
-MAX_SHOWN_VALUE = 80
 
 #: Most bytes one token may ask for (1 MiB): far above any useful amplification,
 #: low enough that one request cannot make every step of the engine fetch gigabytes.
@@ -65,13 +70,13 @@ class QRSamplerConfig(EntropySettings):
 
     # --- sampling (per-request overridable) ---------------------------------
     signal_amplifier_type: str = Field(
-        default="zscore_mean",
+        default=DEFAULT_AMPLIFIER,
         min_length=1,
         max_length=MAX_TAG_LENGTH,
-        description="Amplifier name in qr_core's registry.",
+        description=HELP["signal_amplifier_type"],
     )
     sample_count: int = Field(
-        default=20480, ge=1, le=MAX_SAMPLE_COUNT, description="Entropy bytes fetched per token."
+        default=20480, ge=1, le=MAX_SAMPLE_COUNT, description=HELP["sample_count"]
     )
     population_mean: float = Field(
         default=POPULATION_MEAN, gt=0.0, lt=255.0, description="Null-hypothesis mean of a byte."
@@ -133,9 +138,7 @@ class QRSamplerConfig(EntropySettings):
     )
 
     # --- infrastructure (never per request) ---------------------------------
-    records_path: Path | None = Field(
-        default=None, description="JSON Lines file that receives one record per token; unset: off."
-    )
+    records_path: Path | None = Field(default=None, description=HELP["records_path"])
     records_queue_steps: int = Field(
         default=4096,
         ge=1,
@@ -145,6 +148,9 @@ class QRSamplerConfig(EntropySettings):
     diagnostic_max_records: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
     )
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict, description=HELP["sources"])
+    replay_u: tuple[float, ...] = Field(default=(), max_length=10**6, description=HELP["replay_u"])
+    source: str = Field(default=DEFAULT_SOURCE, min_length=1, description=HELP["source"])
     failure_stop_token_id: int | None = Field(
         default=None,
         ge=0,
@@ -193,6 +199,7 @@ class QRSamplerConfig(EntropySettings):
                 f"sample_count={self.sample_count} exceeds max_request_bytes="
                 f"{self.max_request_bytes}"
             )
+        check_named(self.sources, self.source, self.replay_u)
         return self
 
 
@@ -218,6 +225,8 @@ PER_REQUEST_FIELDS: frozenset[str] = frozenset(
         "label",
         "log_level",
         "diagnostic_mode",
+        "source",
+        "replay_u",
     }
 )
 
@@ -262,6 +271,7 @@ _HASH_EXCLUDED = frozenset(
         "metrics_host",
         "metrics_drift_window",
         "metrics_drift_z_threshold",
+        *HASH_EXCLUDED_NAMED,
     }
 )
 
@@ -321,8 +331,8 @@ def resolve_config(
         return defaults
     for field, value in overrides.items():
         # pydantic would accept a float for an int field if it is integral and a
-        # string for a bool; a list or dict is never a valid setting.
-        if isinstance(value, list | dict | tuple):
+        # string for a bool; a list or dict is never a valid setting (but replay's u).
+        if isinstance(value, list | dict | tuple) and field != "replay_u":
             raise ConfigValidationError(
                 f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={shown(value)} is not allowed: "
                 "expected a single value, not a collection"
@@ -341,7 +351,7 @@ def resolve_config(
         # environment, and reading it (and .env) again per request cost ~15 ms.
         checked = _RequestConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigValidationError(_describe(exc, overrides)) from exc
+        raise ConfigValidationError(describe_overrides(exc, overrides, EXTRA_ARGS_PREFIX)) from exc
     return QRSamplerConfig.model_construct(
         _fields_set=set(checked.model_fields_set), **dict(checked)
     )
@@ -362,34 +372,9 @@ class _RequestConfig(QRSamplerConfig):
         return (init_settings,)
 
 
-def _describe(exc: ValidationError, overrides: Mapping[str, Any]) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = error.get("loc") or ()
-        field = str(loc[0]) if loc else ""
-        if field in overrides:
-            problems.append(
-                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={shown(overrides[field])} is not "
-                f"allowed: {error['msg']}"
-            )
-        else:
-            # A cross-field rule (edt range, sample_count vs max_request_bytes).
-            given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={shown(v)}" for k, v in overrides.items())
-            problems.append(f"extra_args {given} are not allowed together: {error['msg']}")
-    return "; ".join(problems)
-
-
 def _env_name(field: str, prefix: str = "") -> str:
     name = prefix + (field.upper() if prefix else field)
     return name if len(name) <= MAX_SHOWN_VALUE else shown(name)
-
-
-def shown(value: Any) -> str:
-    """``repr(value)``, cut to `MAX_SHOWN_VALUE` characters for error messages."""
-    text = repr(value)
-    if len(text) <= MAX_SHOWN_VALUE:
-        return text
-    return f"{text[: MAX_SHOWN_VALUE - 3]}... ({len(text)} characters)"
 
 
 def config_hash(config: QRSamplerConfig) -> str:

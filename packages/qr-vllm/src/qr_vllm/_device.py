@@ -297,3 +297,13 @@ def _allocated(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
     return 0
+
+
+#: vLLM samples greedily below this temperature, qr-core only at T <= 0: lower ones go
+#: to qr-core as 0 (see ARCHITECTURE.md, design note "Records identity and digests").
+VLLM_GREEDY_BELOW = 1e-5
+
+
+def greedy(temperature: torch.Tensor) -> torch.Tensor:
+    """vLLM's greedy rule on qr-core's switch: T below `VLLM_GREEDY_BELOW` becomes 0."""
+    return temperature.masked_fill(temperature < VLLM_GREEDY_BELOW, 0.0)

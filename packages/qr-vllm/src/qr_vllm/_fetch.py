@@ -1,8 +1,10 @@
-"""The step's entropy: one fetch on the fetch thread, and its bytes turned into u.
+"""The step's entropy: one fetch per source on its fetch thread, and the bytes turned into u.
 
-The step hands the fetch to a single worker thread and waits until the worker
-holds it, then does everything that does not need u while the source answers
-(see ARCHITECTURE.md, design note "One fetch per step, just in time"). The
+The step hands each source's fetch to that source's single worker thread (one
+`Fetcher` per named source, so the fetches of one step are in flight together)
+and waits until the worker holds it, then does everything that does not need u
+while the sources answer (see ARCHITECTURE.md, design note "One fetch per step,
+just in time"). The
 worker first waits for the step's logits-ready event, so on an accelerator the
 bytes are requested only once the device has finished the logits, never while
 the forward pass still runs (design note "Just-in-time on the device"); the
@@ -20,14 +22,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from qr_entropy import EntropyBlock, EntropySource, HealthStatus, Provenance
+from qr_entropy import (
+    EntropyBlock,
+    EntropySource,
+    EntropyUnavailableError,
+    HealthStatus,
+    Provenance,
+)
 
-from qr_vllm._plan import EntropyPlan
+from qr_vllm._plan import BatchPlan, EntropyPlan
 
 __all__ = [
     "ALREADY_READY",
@@ -35,7 +44,10 @@ __all__ = [
     "Fetched",
     "Fetcher",
     "ReadyEvent",
+    "SourceFetchers",
     "amplify",
+    "amplify_sources",
+    "apply_replay",
     "fetch_within",
 ]
 
@@ -75,10 +87,12 @@ class Fetcher:
 
     Args:
         source: The entropy source (already wrapped in its fallback, if any).
+        name: The source's name among the engine's named sources (in the thread's name).
     """
 
-    def __init__(self, source: EntropySource) -> None:
+    def __init__(self, source: EntropySource, name: str = "default") -> None:
         self.source = source
+        self.name = name
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
@@ -88,7 +102,9 @@ class Fetcher:
         if self._executor is None:
             # One worker, started on the first step (never at import: vLLM builds the
             # processor in several processes): requests stay one at a time, in step order.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-entropy")
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"qr-entropy-{self.name}"
+            )
         started = self._started
         started.clear()
         pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count, ready)
@@ -140,10 +156,10 @@ def fetch_within(source: EntropySource, rows: int, count: int) -> EntropyBlock:
             parts.append(source.fetch_block(1, min(limit, flat - start)))
         data = np.concatenate([part.data.reshape(-1) for part in parts]).reshape(rows, count)
     data.flags.writeable = False
-    return EntropyBlock(data=data, provenance=_merged(parts))
+    return EntropyBlock(data=data, provenance=_merged(parts, whole_rows=count <= limit))
 
 
-def _merged(parts: list[EntropyBlock]) -> Provenance:
+def _merged(parts: list[EntropyBlock], *, whole_rows: bool) -> Provenance:
     provs = [part.provenance for part in parts]
     fallback = next((p for p in provs if p.is_fallback), None)
     lead = fallback if fallback is not None else provs[0]
@@ -161,6 +177,23 @@ def _merged(parts: list[EntropyBlock]) -> Provenance:
         device_id=lead.device_id,
         fetch_latency_ns=sum(p.fetch_latency_ns for p in provs),
         fallback_reason=lead.fallback_reason,
+        # Whole rows per part: each row keeps its own digest and its request's ids (the
+        # records and an audit log name the same rows). A row cut across parts has no
+        # digest here; the records digest its bytes themselves.
+        row_digests=tuple(d for p in provs for d in p.row_digests) if whole_rows else (),
+        sequence_id=provs[0].sequence_id,
+        generation_timestamp_ns=provs[0].generation_timestamp_ns,
+        row_sequence_ids=_per_row(parts, 0) if whole_rows else (),
+        row_generation_timestamps_ns=_per_row(parts, 1) if whole_rows else (),
+    )
+
+
+def _per_row(parts: list[EntropyBlock], which: int) -> tuple[int, ...]:
+    """Each row's (sequence id, generation time)[which] across the parts, in row order."""
+    return tuple(
+        part.provenance.row_source_ids(i)[which]
+        for part in parts
+        for i in range(int(part.data.shape[0]))
     )
 
 
@@ -176,9 +209,82 @@ def amplify(data: np.ndarray, plan: EntropyPlan) -> tuple[np.ndarray, np.ndarray
     flat = data.reshape(-1)
     for group in plan.groups:
         count = group.positions.size
-        part = flat[group.byte_offset : group.byte_offset + count * group.sample_count]
-        res = group.amplifier.amplify_batch(part.reshape(count, group.sample_count))
+        part = flat[group.byte_offset : group.byte_offset + count * group.row_bytes]
+        res = group.amplifier.amplify_batch(part.reshape(count, group.row_bytes))
         u[group.positions] = res.u
         z[group.positions] = res.z_score
         mean[group.positions] = res.sample_mean
     return u, z, mean
+
+
+class SourceFetchers:
+    """One `Fetcher` per named source (``default``: the engine's own), started per step.
+
+    Args:
+        default: The engine's own source.
+        named: The sources of ``QR_SOURCES`` by name.
+    """
+
+    def __init__(self, default: EntropySource, named: Mapping[str, EntropySource]) -> None:
+        self._fetchers = {"default": Fetcher(default)}
+        for name, source in named.items():
+            self._fetchers[name] = Fetcher(source, name)
+
+    def items(self) -> list[tuple[str, Fetcher]]:
+        """The fetchers by source name (``default`` first)."""
+        return list(self._fetchers.items())
+
+    def start(self, plan: BatchPlan, ready: ReadyEvent) -> list[Future[Fetched]]:
+        """Start every source's fetch of the step; all are in flight together."""
+        pending = []
+        for group in plan.sources:
+            fetcher = self._fetchers.get(group.name)
+            if fetcher is None:
+                # Admission refuses unknown names; an engine configured apart from its
+                # API server may still see one. The step fails, not the engine.
+                raise EntropyUnavailableError(
+                    f"qr_source={group.name!r} is not a source of this engine; known: "
+                    f"{', '.join(self._fetchers)}"
+                )
+            pending.append(fetcher.start(group.entropy, ready))
+        return pending
+
+    def close(self) -> None:
+        """Stop every fetch thread (after its fetch in flight, if any)."""
+        for fetcher in self._fetchers.values():
+            fetcher.close()
+
+
+def amplify_sources(
+    plan: BatchPlan, blocks: list[EntropyBlock]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (u, z-score, byte mean) per sampled row from each source's block."""
+    if len(blocks) == 1:
+        return amplify(blocks[0].data, plan.sources[0].entropy)
+    rows = plan.sampled.size
+    u = np.empty(rows, dtype=np.float64)
+    z = np.empty(rows, dtype=np.float64)
+    mean = np.empty(rows, dtype=np.float64)
+    for group, block in zip(plan.sources, blocks, strict=True):
+        u[group.positions], z[group.positions], mean[group.positions] = amplify(
+            block.data, group.entropy
+        )
+    return u, z, mean
+
+
+def apply_replay(u: np.ndarray, plan: BatchPlan, positions: np.ndarray | None) -> None:
+    """Put the recorded u of replayed requests in place of the source's (`qr-vllm replay`).
+
+    ``positions`` (runner V2) is each logits row's token index from vLLM's state;
+    without it the request's own count is read without moving it.
+    """
+    states = plan.sampled.states
+    for position in plan.replay:
+        state = states[position]
+        recorded = state.request.config.replay_u
+        if positions is not None:
+            index = int(positions[plan.sampled.rows[position]])
+        else:
+            index = state.peek_sequence_number()
+        if index < len(recorded):
+            u[position] = recorded[index]

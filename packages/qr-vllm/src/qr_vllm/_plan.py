@@ -30,6 +30,7 @@ __all__ = [
     "Filters",
     "PenaltyRows",
     "RowSet",
+    "SourcePlan",
     "TemperatureGroup",
     "build_plan",
 ]
@@ -80,7 +81,8 @@ class AmplifierGroup:
     """Sampled rows that share one amplifier and sample count, and where their bytes lie."""
 
     amplifier: SignalAmplifier
-    sample_count: int
+    sample_count: int  # the S bytes of each row
+    row_bytes: int  # the bytes fetched per row: amplifier.row_bytes(sample_count)
     positions: np.ndarray  # int64 positions among the sampled rows
     byte_offset: int  # of the group's first byte in the flattened block
 
@@ -90,14 +92,25 @@ class EntropyPlan:
     """The step's one fetch and how its bytes become one u per sampled row.
 
     When every row has the same amplifier and sample count the block is fetched
-    as (rows, sample_count) and amplified in one call; otherwise it is fetched as
-    (1, total_bytes) and each group reads its own stretch of it.
+    as (rows, row_bytes) and amplified in one call; otherwise it is fetched as
+    (1, total_bytes) and each group reads its own stretch of it (``row_bytes`` is
+    what the amplifier reads per row: ``sample_count`` plus its V bytes).
     """
 
     groups: tuple[AmplifierGroup, ...]
     fetch_rows: int
     fetch_count: int
     uniform: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """Sampled rows that draw from one named source, and that source's one fetch."""
+
+    name: str
+    positions: np.ndarray | None  # int64 positions among the sampled rows; None: all of them
+    rows: RowSet
+    entropy: EntropyPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +138,10 @@ class BatchPlan:
             those tokens; the rest are left to vLLM.
         filters: Per sampled row, top-k / top-p / min-p (None when none is sampled).
         temperature: Sampled rows grouped by temperature strategy.
-        entropy: The fetch and the amplifier groups (None when no row is sampled).
+        entropy: The fetch and the amplifier groups when every sampled row draws from
+            one source (None when no row is sampled or several sources are in use).
+        sources: Per named source in use, its rows and its fetch (one per source).
+        replay: Positions among the sampled rows of requests that replay recorded u.
         penalties: Rows with penalties (runner V1), None when none has any.
     """
 
@@ -140,6 +156,8 @@ class BatchPlan:
     temperature: tuple[TemperatureGroup, ...] = ()
     entropy: EntropyPlan | None = None
     penalties: PenaltyRows | None = None
+    sources: tuple[SourcePlan, ...] = ()
+    replay: tuple[int, ...] = ()
 
 
 def plan_key(row_slots: np.ndarray | None) -> bytes:
@@ -201,6 +219,7 @@ def build_plan(
             forced_tokens=forced_tokens,
         )
     cfgs = [s.request.config for s in states]
+    sources = _source_plans(sampled)
     return BatchPlan(
         n_rows=n_rows,
         key=plan_key(row_slots) if key is None else key,
@@ -220,8 +239,10 @@ def build_plan(
             TemperatureGroup(strategy, positions)
             for strategy, positions in group_rows([s.request.strategy for s in states])
         ),
-        entropy=_entropy_plan(states),
+        entropy=sources[0].entropy if len(sources) == 1 else None,
         penalties=_penalty_rows(states) if with_penalties else None,
+        sources=sources,
+        replay=tuple(i for i, s in enumerate(states) if s.request.config.replay_u),
     )
 
 
@@ -256,11 +277,30 @@ def _entropy_plan(states: Sequence[SlotState]) -> EntropyPlan:
     offset = 0
     for (amplifier, count), positions in group_rows(keys):
         pos = np.arange(len(states), dtype=np.int64) if positions is None else positions
-        groups.append(AmplifierGroup(amplifier, count, pos, offset))
-        offset += pos.size * count
+        width = amplifier.row_bytes(count)
+        groups.append(AmplifierGroup(amplifier, count, width, pos, offset))
+        offset += pos.size * width
     if len(groups) == 1:
-        return EntropyPlan(tuple(groups), len(states), groups[0].sample_count, uniform=True)
+        return EntropyPlan(tuple(groups), len(states), groups[0].row_bytes, uniform=True)
     return EntropyPlan(tuple(groups), 1, offset, uniform=False)
+
+
+def _source_plans(sampled: RowSet) -> tuple[SourcePlan, ...]:
+    """The sampled rows by named source, in order of first appearance."""
+    states = sampled.states
+    names = [s.request.config.source for s in states]
+    if all(name == names[0] for name in names):
+        return (SourcePlan(names[0], None, sampled, _entropy_plan(states)),)
+    order: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        order.setdefault(name, []).append(i)
+    plans = []
+    for name, positions in order.items():
+        pos = np.asarray(positions, dtype=np.int64)
+        chosen = [states[i] for i in positions]
+        rows = RowSet(sampled.rows[pos], tuple(chosen), sampled.slot_ids[pos])
+        plans.append(SourcePlan(name, pos, rows, _entropy_plan(chosen)))
+    return tuple(plans)
 
 
 def _penalty_rows(states: Sequence[SlotState]) -> PenaltyRows | None:

@@ -3,16 +3,19 @@
 The hot path does not build one object per token: it hands a `StepRecords`
 (a few arrays for the whole batch plus the step's provenance) to the logger,
 and the records writer thread turns it into `TokenSamplingRecord` objects and
-JSON lines off the hot path.
+JSON lines off the hot path. `RECORDS_SCHEMA` versions the fields; README,
+"Records", lists what each version holds.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -20,12 +23,19 @@ import numpy as np
 __all__ = [
     "DEVICE_COLUMNS",
     "N_VALUE_COLUMNS",
+    "RECORDS_SCHEMA",
     "Column",
+    "EngineIdentity",
     "RecordStatus",
     "RequestInfo",
     "StepRecords",
     "TokenSamplingRecord",
 ]
+
+#: Version of the record fields: 1 had no identity, amplifier widths or digests; 2 adds
+#: ``records_schema``, ``engine_id``, ``dp_rank``, ``s_bytes``, ``v_bytes``,
+#: ``entropy_digest``, ``entropy_sequence_id``, ``entropy_generated_ns`` and ``qr_source``.
+RECORDS_SCHEMA = 2
 
 RecordStatus = Literal["ok", "failed"]
 
@@ -56,6 +66,11 @@ class TokenSamplingRecord:
     """How one token was chosen: one line of the records file.
 
     Attributes:
+        records_schema: `RECORDS_SCHEMA` of the writer.
+        engine_id: UUID of the processor instance that wrote the record (a new one per
+            engine process, restarts included); with ``request_serial`` it names a
+            request uniquely across pooled files.
+        dp_rank: vLLM's data-parallel rank of the engine, None without data parallelism.
         request_serial: Number of the request within this engine process (1, 2, ...),
             in the order requests entered the batch.
         sequence_number: Index of this token among the request's sampled tokens (0-based).
@@ -71,9 +86,13 @@ class TokenSamplingRecord:
         token_prob: Its probability after temperature, filters and renormalisation.
         num_candidates: Tokens left after top-k, top-p and min-p.
         u: The uniform value that chose the token.
-        z_score: z of the bytes' mean under the null hypothesis.
-        sample_mean: Mean of the bytes.
-        sample_count: Entropy bytes used for this token.
+        z_score: z of the S bytes' mean under the null hypothesis.
+        sample_mean: Mean of the S bytes.
+        sample_count: The request's ``sample_count``: the bytes summed into S (0 for a
+            failed record).
+        s_bytes: Bytes of the token's row summed into S (= ``sample_count``).
+        v_bytes: Further bytes of the row the amplifier read (randomized_pit: 7 for
+            V; zscore_mean: 0). The token's row holds ``s_bytes + v_bytes`` bytes.
         temperature: Temperature applied.
         shannon_entropy: Natural-log entropy of the unscaled distribution.
         top_k: The request's top-k (0: off).
@@ -81,11 +100,23 @@ class TokenSamplingRecord:
         min_p: The request's min-p (0.0: off).
         temperature_strategy: Name of the temperature strategy.
         signal_amplifier: Name of the amplifier.
+        qr_source: The named source the request drew from (``default``: the engine's
+            own; else a name of ``QR_SOURCES``).
         entropy_source: Name of the source that actually produced the bytes.
         is_fallback: True when the bytes came from the fallback source.
         fallback_reason: The primary source's error when ``is_fallback``.
-        health: Health-test status of the bytes (``ok``, ``failed``, ``not_tested``).
+        health: Health-test status: ``ok`` or ``not_tested`` for the bytes that chose
+            the token; ``failed`` when the primary's bytes failed a health test, so the
+            token came from the fallback (``is_fallback``) or the request failed.
         device_id: Device that produced the bytes, when the source reports one.
+        entropy_digest: BLAKE2b-128 (hex) of exactly the bytes of the token's row
+            (``s_bytes + v_bytes``), as the source received them; what
+            ``qr-entropy audit verify`` looks up in a server's audit log. Empty for
+            a failed record.
+        entropy_sequence_id: The gRPC ``sequence_id`` of the request that served the
+            row (0: the source has none).
+        entropy_generated_ns: The server's ``generation_timestamp_ns`` of that request,
+            server Unix ns (0: the source reports none).
         entropy_fetch_ms: Wall time of the fetch that produced the bytes (whole batch).
         entropy_generated_at_ns: When the bytes were produced, Unix time in ns.
         timestamp_ns: When the token was chosen, Unix time in ns.
@@ -98,6 +129,9 @@ class TokenSamplingRecord:
             time in ns (0: no fetch); never before ``logits_ready_ns``.
     """
 
+    records_schema: int
+    engine_id: str
+    dp_rank: int | None
     request_serial: int
     sequence_number: int
     slot: int
@@ -112,6 +146,8 @@ class TokenSamplingRecord:
     z_score: float | None
     sample_mean: float | None
     sample_count: int
+    s_bytes: int
+    v_bytes: int
     temperature: float | None
     shannon_entropy: float | None
     top_k: int
@@ -119,11 +155,15 @@ class TokenSamplingRecord:
     min_p: float
     temperature_strategy: str
     signal_amplifier: str
+    qr_source: str
     entropy_source: str
     is_fallback: bool
     fallback_reason: str
     health: str
     device_id: str
+    entropy_digest: str
+    entropy_sequence_id: int
+    entropy_generated_ns: int
     entropy_fetch_ms: float
     entropy_generated_at_ns: int
     timestamp_ns: int
@@ -154,12 +194,42 @@ class RequestInfo:
     config_hash: str
     temperature_strategy: str
     signal_amplifier: str
+    source: str
     sample_count: int
+    v_bytes: int
     top_k: int
     top_p: float
     min_p: float
     log_full: bool
     diagnostic: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EngineIdentity:
+    """Who writes the records: the same for every record of one processor instance."""
+
+    engine_id: str
+    dp_rank: int | None
+
+    @classmethod
+    def new(cls, vllm_config: Any) -> EngineIdentity:
+        """A fresh UUID and vLLM's data-parallel rank (None without data parallelism)."""
+        parallel = getattr(vllm_config, "parallel_config", None)
+        dp_rank = None
+        if parallel is not None and int(getattr(parallel, "data_parallel_size", 1)) > 1:
+            dp_rank = int(parallel.data_parallel_rank)
+        return cls(uuid.uuid4().hex, dp_rank)
+
+    def records_path(self, path: Path | None) -> Path | None:
+        """``path`` with ``{engine_id}`` and ``{dp_rank}`` (0 without DP) filled in."""
+        if path is None:
+            return None
+        text = str(path).replace("{engine_id}", self.engine_id)
+        return Path(text.replace("{dp_rank}", str(self.dp_rank or 0)))
+
+
+#: The identity of records built without one (tools and tests).
+UNKNOWN_ENGINE = EngineIdentity("", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +258,10 @@ class StepRecords:
         timestamp_ns: When the step's tokens were chosen (Unix ns).
         logits_ready_ns: When the fetch thread saw the logits exist (Unix ns; 0: no fetch).
         entropy_requested_ns: When it asked for the bytes (Unix ns; 0: no fetch).
+        engine: The writer's identity (unknown: empty engine_id).
+        digests: Per row, the digest of its bytes (empty: none, a failed step).
+        sequence_ids: Per row, the sequence id of its request (empty: 0 for all).
+        server_generated_ns: Per row, that request's generation time (empty: 0).
     """
 
     runner: str
@@ -208,6 +282,10 @@ class StepRecords:
     timestamp_ns: int
     logits_ready_ns: int = 0
     entropy_requested_ns: int = 0
+    engine: EngineIdentity = UNKNOWN_ENGINE
+    digests: Sequence[str] = ()
+    sequence_ids: Sequence[int] = ()
+    server_generated_ns: Sequence[int] = ()
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -220,10 +298,15 @@ class StepRecords:
         seqs = self.sequence_numbers.tolist()
         tokens = self.token_ids.tolist()
         fetch_ms = self.fetch_latency_ns / 1e6
+        engine = self.engine
+        digests, ids, gen = self.digests, self.sequence_ids, self.server_generated_ns
         for i, info in enumerate(self.requests):
             row = values[i] if values is not None else None
             out.append(
                 TokenSamplingRecord(
+                    records_schema=RECORDS_SCHEMA,
+                    engine_id=engine.engine_id,
+                    dp_rank=engine.dp_rank,
                     request_serial=info.request_serial,
                     sequence_number=int(seqs[i]),
                     slot=int(slots[i]),
@@ -238,6 +321,8 @@ class StepRecords:
                     z_score=None if row is None else _finite(row[_Z]),
                     sample_mean=None if row is None else _finite(row[_MEAN]),
                     sample_count=info.sample_count if row is not None else 0,
+                    s_bytes=info.sample_count if row is not None else 0,
+                    v_bytes=info.v_bytes if row is not None else 0,
                     temperature=None if row is None else _finite(row[_TEMPERATURE]),
                     shannon_entropy=None if row is None else _finite(row[_ENTROPY]),
                     top_k=info.top_k,
@@ -245,11 +330,15 @@ class StepRecords:
                     min_p=info.min_p,
                     temperature_strategy=info.temperature_strategy,
                     signal_amplifier=info.signal_amplifier,
+                    qr_source=info.source,
                     entropy_source=self.entropy_source,
                     is_fallback=self.is_fallback,
                     fallback_reason=self.fallback_reason,
                     health=self.health,
                     device_id=self.device_id,
+                    entropy_digest=digests[i] if digests else "",
+                    entropy_sequence_id=int(ids[i]) if ids else 0,
+                    entropy_generated_ns=int(gen[i]) if gen else 0,
                     entropy_fetch_ms=fetch_ms,
                     entropy_generated_at_ns=self.generated_at_ns,
                     timestamp_ns=self.timestamp_ns,

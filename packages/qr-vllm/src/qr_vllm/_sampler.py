@@ -4,10 +4,10 @@ One call of `BatchSampler.sample` per decode step:
 
 1. (runner V1) the request's repetition / frequency / presence penalties, with
    vLLM's own penalty function, on the rows that ask for them (`qr_vllm._penalties`);
-2. **one** entropy fetch of rows × sample_count bytes, on the fetch thread
-   (`qr_vllm._fetch`), which first waits for the event recorded when the logits
-   were handed over, so the bytes are requested only once the logits exist on
-   their device; meanwhile:
+2. **one** entropy fetch per named source in use (its rows × row bytes), each on
+   its source's fetch thread (`qr_vllm._fetch`), all in flight together; each
+   waits for the event recorded when the logits were handed over, so the bytes
+   are requested only once the logits exist on their device; meanwhile:
 3. temperature and Shannon entropy for every row, through qr_core, on the
    logits' device (one call per distinct strategy), and the batched selection
    with per-row top-k / top-p / min-p up to its last step (`prepare_batch`);
@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 from qr_core import TokenSelector, sync_free
-from qr_entropy import EntropySource, EntropyUnavailableError
+from qr_entropy import EntropySource, EntropyUnavailableError, HealthTestFailure
 
 from qr_vllm import _failure
 from qr_vllm._device import (
@@ -46,14 +46,15 @@ from qr_vllm._device import (
     StepBuffers,
     as_tensor,
     force,
+    greedy,
     logits_event,
     warm_up,
 )
-from qr_vllm._emit import RecordEmitter, StepTimes
-from qr_vllm._fetch import Fetcher, ReadyEvent, amplify
+from qr_vllm._emit import ReadOnce, RecordEmitter
+from qr_vllm._fetch import ReadyEvent, SourceFetchers, amplify_sources, apply_replay
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import BatchPlan, build_plan, plan_key
-from qr_vllm._records import DEVICE_COLUMNS, N_VALUE_COLUMNS, Column
+from qr_vllm._records import DEVICE_COLUMNS, N_VALUE_COLUMNS, Column, EngineIdentity
 from qr_vllm._slots import SlotTable
 from qr_vllm._tp import exchange_for
 
@@ -78,6 +79,7 @@ class BatchSampler:
             note "Host syncs").
         sync_allowed: A context manager factory under which the step's deliberate
             host syncs run (vLLM's ``gpu_sync_allowed``, for ``VLLM_GPU_SYNC_CHECK``).
+        engine: The records' writer identity; sources: the named sources of ``QR_SOURCES``.
     """
 
     def __init__(
@@ -91,6 +93,8 @@ class BatchSampler:
         tp_group: Any | None = None,
         device_path: bool = False,
         sync_allowed: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        engine: EngineIdentity | None = None,
+        sources: Mapping[str, EntropySource] | None = None,
     ) -> None:
         self.source = source
         self._tp = exchange_for(tp_group)
@@ -115,9 +119,10 @@ class BatchSampler:
             source,
             enabled=not self.follower,
             deferred=self.device_path,
+            engine=engine,
         )
         self._ring = HostRing(device, pin_memory)
-        self._fetcher = Fetcher(source)
+        self._fetchers = SourceFetchers(source, sources or {})
         self._plan: DevicePlan | None = None
         self._plan_version = -1
         self._positions: np.ndarray | None = None
@@ -164,7 +169,8 @@ class BatchSampler:
             # Nothing may take the shared engine down: see qr_vllm._failure.
             if not _failure.is_expected(exc):
                 logger.exception("qr-sampler step failed unexpectedly; failing its requests")
-            self._fail(logits, dev, _failure.describe(exc))
+            health = "failed" if isinstance(exc, HealthTestFailure) else "not_tested"
+            self._fail(logits, dev, _failure.describe(exc), health)
             u = None
         if self._tp is not None:
             # Every step that samples rows broadcasts, failed or not: the followers wait for it.
@@ -193,7 +199,7 @@ class BatchSampler:
 
     def close(self) -> None:
         """Stop the fetch thread (after the fetch in flight, if any) and the records thread."""
-        self._fetcher.close()
+        self._fetchers.close()
         self._records.close()
 
     # --- the leader's and the followers' steps --------------------------------
@@ -201,26 +207,22 @@ class BatchSampler:
     def _lead(self, logits: torch.Tensor, dev: DevicePlan, ready: ReadyEvent) -> torch.Tensor:
         """The leader's step (the only one without tensor parallelism); returns u on the device."""
         plan = dev.plan
-        assert plan.entropy is not None
         rows = plan.sampled.size
 
-        # Just in time: this is the step's only fetch. The fetch thread asks for the
-        # bytes once ``ready`` fires (the logits exist on their device), while this
-        # thread queues everything that does not need u: penalties, temperatures,
-        # entropies, and the selection up to the inverse CDF (candidates, order,
-        # masses). A device or network round trip overlaps with that work.
+        # Just in time: one fetch per source in use, each asked for once ``ready`` fires,
+        # while this thread queues all that does not need u, overlapping the round trip.
         started = time.monotonic_ns()
-        pending = self._fetcher.start(plan.entropy, ready)
+        pending = self._fetchers.start(plan, ready)
         with sync_free() if self.device_path else nullcontext():
             sub = self._rows_logits(logits, dev)
             temperature, entropy = self._temperature(sub, dev)
             prepared = self._prepare(sub, temperature, dev)
-        fetched = pending.result()
-        block = fetched.block
-        prov = block.provenance
-        latency = prov.fetch_latency_ns or (time.monotonic_ns() - started)
+        fetches = [p.result() for p in pending]
+        done = time.monotonic_ns()
 
-        u, z, mean = amplify(block.data, plan.entropy)
+        u, z, mean = amplify_sources(plan, [f.block for f in fetches])
+        if plan.replay:
+            apply_replay(u, plan, self._positions)
         u_dev = self._buffers.u_to_device(u, rows)
         if self.device_path:
             # The step's one host sync: whether some row needs a wider head.
@@ -247,24 +249,13 @@ class BatchSampler:
         values[:, Column.U] = u
         values[:, Column.Z_SCORE] = z
         values[:, Column.SAMPLE_MEAN] = mean
-        times = StepTimes(fetched.logits_ready_ns, fetched.requested_ns)
-        seqs = self._sequence_numbers(plan.sampled.rows)
-        if self.device_path:
-            # A non-blocking copy into a pinned ring slot; the records thread waits for it.
-            self._records.sampled(
-                plan.sampled,
-                values,
-                prov,
-                latency,
-                sequence_numbers=seqs,
-                times=times,
-                pending=self._ring.put(stats),
-            )
-        else:
+        pending_stats = ReadOnce(self._ring.put(stats)) if self.device_path else None
+        if pending_stats is None:
             values[:, DEVICE_COLUMNS] = stats.numpy()
-            self._records.sampled(
-                plan.sampled, values, prov, latency, sequence_numbers=seqs, times=times
-            )
+        latency = done - started
+        self._records.sampled_step(
+            plan, values, fetches, self._positions, pending=pending_stats, latency_ns=latency
+        )
         return u_dev
 
     def _sequence_numbers(self, rows: np.ndarray) -> np.ndarray | None:
@@ -311,7 +302,9 @@ class BatchSampler:
         groups = dev.plan.temperature
         if len(groups) == 1:
             result = groups[0].strategy.compute_batch(sub)
-            return as_tensor(result.temperature, sub), as_tensor(result.shannon_entropy, sub)
+            return greedy(as_tensor(result.temperature, sub)), as_tensor(
+                result.shannon_entropy, sub
+            )
         buffers = self._buffers
         assert buffers.temperature is not None
         assert buffers.entropy is not None
@@ -322,7 +315,7 @@ class BatchSampler:
             result = group.strategy.compute_batch(sub.index_select(0, positions))
             t_out.index_copy_(0, positions, as_tensor(result.temperature, sub).to(t_out.dtype))
             h_out.index_copy_(0, positions, as_tensor(result.shannon_entropy, sub).to(h_out.dtype))
-        return t_out, h_out
+        return greedy(t_out), h_out
 
     def _prepare(self, sub: torch.Tensor, temperature: torch.Tensor, dev: DevicePlan) -> Any:
         assert dev.top_k is not None
@@ -347,16 +340,22 @@ class BatchSampler:
         if dev.forced_rows.numel():
             force(logits, dev.forced_rows, dev.forced_tokens)
         failed = dev.plan.failed
+        error = failed.states[0].failure
         self._records.failed(
-            failed, failed.states[0].failure, sequence_numbers=self._sequence_numbers(failed.rows)
+            failed,
+            error,
+            sequence_numbers=self._sequence_numbers(failed.rows),
+            health="failed" if error.startswith(HealthTestFailure.__name__) else "not_tested",
         )
 
-    def _fail(self, logits: torch.Tensor, dev: DevicePlan, error: str) -> None:
+    def _fail(
+        self, logits: torch.Tensor, dev: DevicePlan, error: str, health: str = "not_tested"
+    ) -> None:
         """Fail the step's requests: stop tokens now, and failed rows from the next plan on."""
         with self._sync_allowed():
-            self._fail_rows(logits, dev, error)
+            self._fail_rows(logits, dev, error, health)
 
-    def _fail_rows(self, logits: torch.Tensor, dev: DevicePlan, error: str) -> None:
+    def _fail_rows(self, logits: torch.Tensor, dev: DevicePlan, error: str, health: str) -> None:
         sampled = dev.plan.sampled
         self.failed_requests += _failure.fail_requests(sampled.states, error)
         self.slots.changed()
@@ -364,7 +363,8 @@ class BatchSampler:
         if rows.size:
             rows_t = torch.as_tensor(rows, device=logits.device)
             force(logits, rows_t, torch.as_tensor(tokens, device=logits.device))
-        self._records.failed(sampled, error, sequence_numbers=self._sequence_numbers(sampled.rows))
+        seqs = self._sequence_numbers(sampled.rows)
+        self._records.failed(sampled, error, sequence_numbers=seqs, health=health)
 
     # --- planning (once per batch change) ------------------------------------
 

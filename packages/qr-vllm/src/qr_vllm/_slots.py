@@ -45,6 +45,10 @@ class SlotState:
         self.next_seq += 1
         return seq
 
+    def peek_sequence_number(self) -> int:
+        """What `sequence_number` will return now, without moving runner V2's counter."""
+        return len(self.output_ids) if self.output_ids is not None else self.next_seq
+
 
 class SlotTable:
     """The qr-sampled requests by batch slot, with a version that moves on every change."""

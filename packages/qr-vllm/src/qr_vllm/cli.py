@@ -58,6 +58,45 @@ def demo(  # noqa: PLR0917 -- typer maps each parameter to an option
 
 
 @app.command()
+def replay(
+    records: Annotated[Path, typer.Argument(help="Records file (JSON Lines) to replay.")],
+    model: Annotated[str, typer.Option(help="The model of the recorded run (directory or id).")],
+    prompts: Annotated[
+        Path,
+        typer.Option(help="JSON: the prompts, an object by qr_label or a list in request order."),
+    ],
+    dtype: Annotated[str, typer.Option(help="vLLM dtype, as in the recorded run.")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option(help="vLLM max_model_len.")] = None,
+) -> None:
+    """Re-run the recorded requests with their recorded u; report every token that differs."""
+    import json  # noqa: PLC0415
+
+    from qr_vllm._replay import read_requests, replay_requests  # noqa: PLC0415
+    from qr_vllm.demo._engine import closing_engine, environment  # noqa: PLC0415
+
+    console = Console()
+    requests = read_requests(records)
+    wanted = json.loads(prompts.read_text())
+    # The source's bytes are fetched and ignored: a local one keeps the device free.
+    with environment({"QR_ENTROPY_SOURCE_TYPE": "system", "QR_SOURCES": "{}"}):
+        from vllm import LLM  # noqa: PLC0415
+
+        llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=0)  # type: ignore[arg-type]
+    with closing_engine(llm):
+        mismatches = replay_requests(llm, requests, wanted)
+    tokens = sum(len(r.token_ids) for r in requests)
+    for m in mismatches:
+        console.print(
+            f"MISMATCH engine_id={m.engine_id} request_serial={m.request_serial} "
+            f"label={m.label!r} position={m.position}: recorded {m.recorded}, replayed {m.replayed}"
+        )
+    console.print(
+        f"{tokens - len(mismatches)} of {tokens} tokens of {len(requests)} requests match"
+    )
+    raise typer.Exit(1 if mismatches else 0)
+
+
+@app.command()
 def config() -> None:
     """Print the configuration read from QR_* variables and .env, and the vLLM check."""
     console = Console()

@@ -41,10 +41,11 @@ from qr_vllm._logger import SamplingLogger
 from qr_vllm._logging import attach_to_vllm_logging
 from qr_vllm._metrics import SamplerMetrics
 from qr_vllm._metrics_export import start_metrics, unregister
-from qr_vllm._records import RequestInfo, TokenSamplingRecord
-from qr_vllm._resolve import RequestResolver, ResolvedRequest
+from qr_vllm._records import EngineIdentity, RequestInfo, TokenSamplingRecord
+from qr_vllm._resolve import RequestResolver, request_info
 from qr_vllm._sampler import BatchSampler
 from qr_vllm._slots import SlotState
+from qr_vllm._sources import build_named_sources
 from qr_vllm._startup import check_failure_token, check_source
 from qr_vllm._v2 import V2Requests
 
@@ -112,13 +113,20 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self._source: EntropySource = _LeaderDrawsSource()
         else:
             self._source = source if source is not None else build_entropy_source(self.config)
+        #: This instance's identity in its records (a new engine_id per process).
+        self.engine = EngineIdentity.new(vllm_config)
+        records_path = self.engine.records_path(self.config.records_path)
         try:
             if not follower:
                 check_source(self._source, self.config.fallback_mode)
+            #: The named sources of ``QR_SOURCES`` (the engine's own is ``default``).
+            self._named: dict[str, EntropySource] = (
+                {} if follower else build_named_sources(self.config, self.config.sources)
+            )
             # Opens the records file: a path that cannot be written stops the start here.
             self.sampling_logger = SamplingLogger(
                 "none" if follower else self.config.log_level,
-                None if follower else self.config.records_path,
+                None if follower else records_path,
                 self.config.records_queue_steps,
                 self.config.diagnostic_max_records,
             )
@@ -132,10 +140,13 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             pin,
             runner,
             tp_group=tp_group,
+            engine=self.engine,
+            sources=self._named,
             device_path=device_path,
             sync_allowed=sync_allowed_factory(),
         )
         reserve_scratch(self._sampler, vllm_config, req_states)
+        self._resolver.warm_default()
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
         self._metrics: SamplerMetrics | None = None
         if not follower:
@@ -156,6 +167,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self.sampling_logger,
             self._source,
             self._metrics,
+            tuple(self._named.values()),
         )
         if follower:
             assert tp_group is not None
@@ -169,12 +181,15 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             )
             return
         logger.info(
-            "qr-sampler ready on runner %s (%s): source %s, fallback %s, records %s",
+            "qr-sampler ready on runner %s (%s): source %s%s, fallback %s, records %s, "
+            "engine_id %s",
             runner,
             device,
             self._source.name,
+            "".join(f", {name}={src.name}" for name, src in self._named.items()),
             self.config.fallback_mode,
-            self.config.records_path or "off",
+            records_path or "off",
+            self.engine.engine_id,
         )
 
     # --- admission (API server process) --------------------------------------
@@ -290,6 +305,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         return {
             "runner": self.runner,
             "source": self._source.health_check(),
+            "sources": {name: src.health_check() for name, src in self._named.items()},
             "failed_requests": self._sampler.failed_requests,
             "active_requests": len(self._sampler.slots),
             **self.sampling_logger.summary(),
@@ -305,12 +321,15 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         sampling_logger: SamplingLogger,
         source: EntropySource,
         metrics: SamplerMetrics | None,
+        named: tuple[EntropySource, ...] = (),
     ) -> None:
         if metrics is not None:
             unregister(metrics)
         sampler.close()
         sampling_logger.close()
         source.close()
+        for other in named:
+            other.close()
 
     # --- per request -----------------------------------------------------------
 
@@ -337,7 +356,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             return None
         state = SlotState(
             request=resolved,
-            info=info if info is not None and not failure else _request_info(serial, resolved),
+            info=info if info is not None and not failure else request_info(serial, resolved),
             stop_token=stop_token(params, failure_token_for(config, params)),
             prompt_ids=prompt_ids,
             output_ids=output_ids,
@@ -370,24 +389,6 @@ class _LeaderDrawsSource(EntropySource):
     def get_random_bytes(self, n: int) -> bytes:
         msg = "only tensor-parallel rank 0 draws entropy; this rank takes u from it"
         raise EntropyUnavailableError(msg)
-
-
-def _request_info(serial: int, resolved: ResolvedRequest) -> RequestInfo:
-    config = resolved.config
-    return RequestInfo(
-        request_serial=serial,
-        session=config.session,
-        label=config.label,
-        config_hash=resolved.config_hash,
-        temperature_strategy=resolved.strategy.name,
-        signal_amplifier=resolved.amplifier.name,
-        sample_count=config.sample_count,
-        top_k=max(config.top_k, 0),
-        top_p=config.top_p,
-        min_p=config.min_p,
-        log_full=config.log_level == "full",
-        diagnostic=config.diagnostic_mode,
-    )
 
 
 def _penalties(params: SamplingParams) -> tuple[float, float, float] | None:

@@ -5,12 +5,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EntropyRequest(_message.Message):
-    __slots__ = ("bytes_needed", "sequence_id")
+    __slots__ = ("bytes_needed", "sequence_id", "rows")
     BYTES_NEEDED_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     bytes_needed: int
     sequence_id: int
-    def __init__(self, bytes_needed: _Optional[int] = ..., sequence_id: _Optional[int] = ...) -> None: ...
+    rows: int
+    def __init__(self, bytes_needed: _Optional[int] = ..., sequence_id: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class EntropyResponse(_message.Message):
     __slots__ = ("data", "sequence_id", "generation_timestamp_ns", "device_id")
