@@ -180,11 +180,12 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
             ok_direct = [r for r in healthy if r["status"] == "ok" and not r["is_fallback"]]
             if len(ok_direct) == len(healthy):
                 # Every byte the plugin counted was served, and counted, by the server.
+                # The server also answered the engine's start-up check: one 1-byte request.
                 wait_for(
                     "server bytes",
                     lambda: (
                         total(prom, "qr_entropy_server_bytes_served_total")
-                        == total(prom, "qr_sampler_entropy_bytes_total")
+                        == total(prom, "qr_sampler_entropy_bytes_total") + 1
                     ),
                     60,
                     lambda: {
@@ -193,7 +194,8 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
                         "records": len(records(records_path)),
                     },
                 )
-                assert total(prom, "qr_sampler_entropy_bytes_total") == 1024 * len(healthy)
+                # Each row is 1,024 S bytes and randomized_pit's 7 V bytes.
+                assert total(prom, "qr_sampler_entropy_bytes_total") == (1024 + 7) * len(healthy)
             assert total(prom, 'qr_sampler_drift_tokens{window="lifetime"}') == len(ok_direct)
             assert total(prom, "qr_sampler_health_test_failures_total") == 0
             assert prom.scalar('qr_sampler_breaker_state{state="closed"}') == 1.0

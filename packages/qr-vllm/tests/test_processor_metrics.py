@@ -53,7 +53,8 @@ def test_processor_counts_tokens_steps_and_records(tmp_path: Path) -> None:
     assert values[("qr_sampler_tokens_total", src)] == len(lines)
     assert values[("qr_sampler_records_written_total", ())] == len(lines)
     assert values[("qr_sampler_step_seconds_count", src)] == 4
-    assert values[("qr_sampler_entropy_bytes_total", src)] == 12 * 64
+    # randomized_pit (the default) reads 7 V bytes per token beside the 64 S bytes.
+    assert values[("qr_sampler_entropy_bytes_total", src)] == 12 * (64 + 7)
     z = [json.loads(line)["z_score"] for line in lines]
     lifetime = (("source", "mock_uniform"), ("window", "lifetime"))
     assert values[("qr_sampler_drift_tokens", lifetime)] == 12

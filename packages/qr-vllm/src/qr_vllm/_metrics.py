@@ -124,7 +124,8 @@ class SamplerMetrics:
             self.failed_tokens += n
             return
         self.tokens += n
-        self.bytes_fetched += sum(info.sample_count for info in step.requests)
+        # A token's row is its S bytes and the amplifier's V bytes (randomized_pit: 7).
+        self.bytes_fetched += sum(info.sample_count + info.v_bytes for info in step.requests)
         self.fetch_seconds.observe(step.fetch_latency_ns / 1e9)
         if step.is_fallback:
             self.fallback_tokens += n
