@@ -111,6 +111,18 @@ class TorchBackend(Backend):
         out.exp_()
         return out
 
+    def bucket_pass(
+        self, x: Any, top: Any, inv_t: Any, width: float, buckets: int
+    ) -> tuple[Any, Any]:
+        d = (top[:, None] - x) * inv_t[:, None]
+        z = self._torch.exp(-d)
+        bucket = d.mul_(1.0 / width).clamp_(max=buckets - 1).to(self._torch.int64)
+        return bucket, z
+
+    def bucket_sum(self, bucket: Any, weight: Any, buckets: int) -> Any:
+        out = self._torch.zeros((bucket.shape[0], buckets), dtype=weight.dtype, device=self.device)
+        return out.scatter_add_(1, bucket, weight)
+
     def where(self, cond: Any, a: Any, b: Any) -> Any:
         return self._torch.where(cond, a, b)
 
