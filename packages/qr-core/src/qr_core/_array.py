@@ -193,23 +193,21 @@ class Backend:
         np.exp(out, out=out)
         return out
 
-    def bucket_pass(
+    def bucket_mass(
         self, x: Any, top: Any, inv_t: Any, width: float, buckets: int
     ) -> tuple[Any, Any]:
-        """Per entry, its bucket ``min((top - x) * inv_t / width, buckets - 1)`` and weight
-        ``exp((x - top) * inv_t)`` (``-inf`` goes to the last bucket with weight 0)."""
+        """Each entry's bucket ``min((top - x) * inv_t / width, buckets - 1)`` (int64; ``-inf``
+        goes to the last), and per row the sum of ``exp((x - top) * inv_t)`` in each bucket."""
+        rows = x.shape[0]
         with np.errstate(all="ignore"):
             d = (top[:, None] - x) * inv_t[:, None]
             z = np.exp(-d)
             bucket = np.minimum(d * (1.0 / width), buckets - 1).astype(np.int64)
-        return bucket, z
-
-    def bucket_sum(self, bucket: Any, weight: Any, buckets: int) -> Any:
-        """Per row, the sum of ``weight`` in each of ``buckets`` buckets: ``(rows, buckets)``."""
-        rows = bucket.shape[0]
         offsets = np.arange(rows, dtype=np.int64)[:, None] * buckets
-        flat = np.bincount((bucket + offsets).ravel(), weights=weight.ravel(), minlength=rows * buckets)
-        return flat.reshape(rows, buckets)
+        flat = np.bincount(
+            (bucket + offsets).ravel(), weights=z.ravel(), minlength=rows * buckets
+        )
+        return bucket, flat.reshape(rows, buckets)
 
     def to_host_list(self, x: Any) -> list[Any]:
         """Python scalars (one transfer for a torch tensor on an accelerator)."""

@@ -54,8 +54,10 @@ def locate_rows(xp: Backend, x: Any, params: RowParams) -> tuple[Any, Any, Any, 
     inv_t = 1.0 / params.temperature
     width = _SPAN / (BUCKETS - 1)
     # One fused pass where a compiler is available (qr_core._compiled), else a few eager ones.
-    bucket, z = xp.bucket_pass(x, xp.asarray(top, work), xp.asarray(inv_t, work), width, BUCKETS)
-    mass = xp.to_compute(xp.bucket_sum(bucket, z, BUCKETS))
+    bucket, mass = xp.bucket_mass(
+        x, xp.asarray(top, work), xp.asarray(inv_t, work), width, BUCKETS
+    )
+    mass = xp.to_compute(mass)
     cum = xp.cumsum(mass)
     total = cum[:, -1]
     target = params.u * total
@@ -63,7 +65,7 @@ def locate_rows(xp: Backend, x: Any, params: RowParams) -> tuple[Any, Any, Any, 
     # bucket that adds mass (u within rounding of 1).
     chosen = xp.minimum(xp.count(cum <= target[:, None]), xp.count(cum < total[:, None]))
     far = chosen >= BUCKETS - 1
-    chosen = xp.minimum(chosen, BUCKETS - 2)
+    chosen = xp.clip(chosen, 0, BUCKETS - 2)
     before = xp.where(chosen > 0, _at(xp, cum, chosen - 1), 0.0)
     in_bucket = bucket == chosen[:, None]
     size = xp.count(in_bucket)
