@@ -8,8 +8,8 @@ emits C++/OpenMP on the CPU and Triton on GPUs) each is one or two passes and
 no temporary. The eager code stays, and is used when ``QR_COMPILE=off``, for
 numpy arrays and small CPU tensors (their numpy views), and whenever
 compilation is unavailable (logged once). Each kernel compiles once per
-device, dtype and shape class: the batch dimension is marked dynamic (batch 1
-is its own class), the vocabulary is static. See ARCHITECTURE.md, design note
+device, dtype and shape class: the batch and vocabulary sizes are symbolic
+(a size of 1 is its own class). See ARCHITECTURE.md, design note
 "Compiled path".
 """
 
@@ -126,7 +126,9 @@ def _kernel(name: str, device_type: str) -> Any | None:
                 return None
             import torch  # noqa: PLC0415
 
-            fn = _state[key] = torch.compile(_KERNELS[name], fullgraph=True)
+            # One graph per shape class: every size symbolic, except sizes of 1 (which
+            # torch.compile always specialises), so a new batch size never compiles again.
+            fn = _state[key] = torch.compile(_KERNELS[name], fullgraph=True, dynamic=True)
         return fn
 
 
@@ -147,17 +149,13 @@ def compiled(name: str, x: Any, *args: Any) -> Any | None:
 
     Args:
         name: ``entropy``, ``tail`` or ``buckets``.
-        x: The ``(rows, vocab)`` logits tensor; its batch dimension is marked dynamic.
+        x: The ``(rows, vocab)`` logits tensor.
         args: The kernel's other arguments.
     """
     device_type = x.device.type
     fn = _kernel(name, device_type)
     if fn is None:
         return None
-    import torch  # noqa: PLC0415
-
-    if x.shape[0] >= 2:
-        torch._dynamo.mark_dynamic(x, 0)
     try:
         return fn(x, *args)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
