@@ -37,7 +37,7 @@ def _throughput(llm: Any, batch: int, max_tokens: int, extra: dict[str, Any] | N
 
 @contextlib.contextmanager
 def _engine(model: str, env: dict[str, str]) -> Any:
-    from qr_vllm._engine import closing_engine, environment
+    from qr_vllm.demo._engine import closing_engine, environment
     from vllm import LLM
 
     with environment(env):
@@ -84,8 +84,9 @@ def run(quick: bool) -> list[tuple[int, float, float, float, float]]:
     ``batch * sample_count`` bytes (``system``: os.urandom, in parallel parts when
     large) after its logits exist, so at best it takes the native step plus that read.
     """
-    from qr_vllm import QRSamplerConfig, build_tiny_model
-    from qr_vllm._entropy_server import EntropyServerProcess
+    from qr_vllm import QRSamplerConfig
+    from qr_vllm.demo import build_tiny_model
+    from qr_vllm.demo._entropy_server import EntropyServerProcess
 
     model = str(build_tiny_model())
     batches = (1, 8) if quick else (1, 8, 32)

@@ -7,6 +7,9 @@ Run in the vLLM environment: ``python benchmarks/bench_processor.py [--quick] [-
     against vLLM's own sampler on the same logits (temperature, then vLLM's
     TopKTopPSampler) for the same (k, p), and against one pass over the logits
     (a row-wise max), for (k, p) = (50, 0.9);
+(m) the cost of the Prometheus metrics and drift monitor (``QR_METRICS_PORT`` set)
+    on the same per-step time at B ∈ {8, 64}, V = 32000: metrics on and off in the
+    same run, timed alternately so that load on the machine hits both alike;
 (f) the entropy fetch plus amplification of 64 × 20,480 bytes against reading
     the same bytes from os.urandom;
 (b) end-to-end decode tokens/s on the tiny model (see bench_e2e.py).
@@ -95,6 +98,82 @@ def per_step(quick: bool) -> list[tuple[int, int, float, float, float]]:
     return rows
 
 
+def metrics_work(b: int) -> float:
+    """Seconds of metrics bookkeeping per step of ``b`` rows, timed alone (many steps)."""
+    import numpy as np
+    from qr_entropy import EntropySourceRegistry
+    from qr_vllm._drift import DriftMonitor
+    from qr_vllm._metrics import SamplerMetrics
+    from qr_vllm._records import RequestInfo, StepRecords
+
+    info = RequestInfo(
+        1, "", "", "0" * 16, "fixed", "zscore_mean", 20480, 50, 0.9, 0.0, False, False
+    )
+    values = np.random.default_rng(0).normal(size=(b, 9))
+    values[:, 7] = np.where(np.arange(b) % 2, 1.0, -1.0)  # z that sum to 0: no drift warning
+    step = StepRecords(
+        runner="v1", requests=(info,) * b, slots=np.arange(b), sequence_numbers=np.zeros(b, int),
+        values=values, token_ids=np.zeros(b, int), status="ok", error="",
+        entropy_source="system", is_fallback=False, fallback_reason="", health="not_tested",
+        device_id="", fetch_latency_ns=500_000, generated_at_ns=0, timestamp_ns=0,
+    )  # fmt: skip
+    metrics = SamplerMetrics(EntropySourceRegistry.get("system")(), DriftMonitor(10_000, 4.0))
+    n = 5000
+    started = time.perf_counter()
+    for _ in range(n):
+        begun = time.perf_counter_ns()
+        metrics.observe_step(step)
+        metrics.observe_step_time((time.perf_counter_ns() - begun) / 1e9)
+    return (time.perf_counter() - started) / n
+
+
+def metrics_cost(quick: bool) -> list[tuple[int, float, float]]:
+    import socket
+
+    import torch
+    from qr_vllm import QRSamplerConfig
+    from qr_vllm.processor import QRSamplerLogitsProcessor
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    torch.manual_seed(0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    repeat = 15 if quick else 60
+    rows = []
+    for b in (8, 64):
+        procs = []
+        for metrics_port in (port, 0):
+            config = QRSamplerConfig(
+                entropy_source_type="system",
+                log_level="none",
+                top_k=50,
+                top_p=0.9,
+                metrics_port=metrics_port,
+            )
+            proc = QRSamplerLogitsProcessor(None, torch.device("cpu"), False, config=config)
+            added = [(i, SamplingParams(max_tokens=1), [1], []) for i in range(b)]
+            proc.update_state(BatchUpdate(batch_size=b, removed=[], added=added, moved=[]))
+            procs.append(proc)
+        base = torch.randn(b, 32000) * 3
+        work = base.clone()
+        samples: list[list[float]] = [[], []]
+        for proc in procs:  # warm-up
+            work.copy_(base)
+            proc.apply(work)
+        for i in range(2 * repeat):
+            which = i % 2 if (i // 2) % 2 == 0 else 1 - i % 2  # ABBA: no order bias
+            work.copy_(base)
+            started = time.perf_counter()
+            procs[which].apply(work)
+            samples[which].append(time.perf_counter() - started)
+        rows.append((b, statistics.median(samples[0]), statistics.median(samples[1])))
+        for proc in procs:
+            proc.close()
+    return rows
+
+
 def fetch_vs_urandom(quick: bool) -> tuple[float, float, float]:
     """Fetch + amplify 64 x 20,480 S bytes with zscore_mean and randomized_pit, and os.urandom."""
     from qr_core import AmplifierRegistry
@@ -136,6 +215,18 @@ def main() -> None:
         print(
             f"{b:>3} {v:>7} {ours * 1e3:>9.3f} {vllm_t * 1e3:>13.3f} {ours / vllm_t:>6.2f} "
             f"{one * 1e3:>8.3f} {ours / one:>6.1f}"
+        )
+    cost = metrics_cost(args.quick)
+    print("\n(m) per-step time with metrics on vs off, ms (V=32000, same run, alternating)")
+    print(
+        f"{'B':>3} {'metrics on':>11} {'metrics off':>12} {'ratio':>6} "
+        f"{'metrics work':>13} {'work/step':>10}"
+    )
+    for b, on, off in cost:
+        work = metrics_work(b)
+        print(
+            f"{b:>3} {on * 1e3:>11.3f} {off * 1e3:>12.3f} {on / off:>6.3f} "
+            f"{work * 1e3:>13.4f} {work / off:>9.2%}"
         )
     old_f, new_f, urandom_f = fetch_vs_urandom(args.quick)
     print("\n(f) 64 x 20,480 bytes: fetch + amplification vs os.urandom, ms")

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from qr_vllm._engine import closing_engine, environment, read_records
+from qr_vllm.demo._engine import closing_engine, environment, read_records
 
 __all__ = ["in_process_llm", "qr_env", "read_records"]
 
@@ -58,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qr_vllm import build_tiny_model
+    from qr_vllm.demo import build_tiny_model
 
     cache = os.environ.get("QR_MODEL_CACHE")
     return build_tiny_model(cache_dir=Path(cache) if cache else None)

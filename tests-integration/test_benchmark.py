@@ -25,6 +25,11 @@ def test_bench_processor_quick() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    for heading in ("(a) per-step time", "(f) 64 x 20,480 bytes", "(b) end-to-end decode"):
+    for heading in (
+        "(a) per-step time",
+        "(m) per-step time with metrics on vs off",
+        "(f) 64 x 20,480 bytes",
+        "(b) end-to-end decode",
+    ):
         assert heading in done.stdout
     assert "151936" in done.stdout

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import in_process_llm, read_records
-from qr_vllm._entropy_server import EntropyServerProcess
+from qr_vllm.demo._entropy_server import EntropyServerProcess
 
 pytestmark = [
     pytest.mark.vllm,

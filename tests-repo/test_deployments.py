@@ -40,8 +40,9 @@ SYSTEMD = REPO_ROOT / "examples" / "systemd"
 # Base images by tag. vLLM publishes vllm/vllm-openai:v<version> for every release
 # (https://hub.docker.com/r/vllm/vllm-openai/tags); python:3.11-slim is an official
 # Docker library tag. The vLLM tag must match the version the vLLM test environment
-# is built from (scripts/vllm-env), checked below.
-PUBLISHED_IMAGES = {"vllm/vllm-openai", "python:3.11-slim"}
+# is built from (scripts/vllm-env), checked below. prom/prometheus and grafana/grafana
+# (the monitoring profile) are the official images of those projects.
+PUBLISHED_IMAGES = {"vllm/vllm-openai", "python:3.11-slim", "prom/prometheus", "grafana/grafana"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
@@ -156,14 +157,21 @@ def test_compose_variables_are_defined_in_env_example(profile: Path) -> None:
 
 
 def test_compose_profiles_select_one_vllm_service(profile: Path) -> None:
-    """COMPOSE_PROFILES names profiles that exist; gpu and cpu each start one vLLM service."""
+    """COMPOSE_PROFILES names profiles that exist; gpu and cpu each start one vLLM service.
+
+    The monitoring profile adds Prometheus and Grafana beside either.
+    """
     data, _, env = _compose(profile)
     services = data["services"]
     by_profile: dict[str, list[str]] = {}
     for name, service in services.items():
         for p in service.get("profiles", []):
             by_profile.setdefault(p, []).append(name)
-    assert by_profile == {"gpu": ["vllm"], "cpu": ["vllm-cpu"]}
+    assert by_profile == {
+        "gpu": ["vllm"],
+        "cpu": ["vllm-cpu"],
+        "monitoring": ["prometheus", "grafana"],
+    }
     assert env["COMPOSE_PROFILES"] in by_profile
 
 
@@ -395,7 +403,8 @@ def test_dockerfile_copies_exist_and_installs_are_local(name: str) -> None:
         if op == "RUN" and "pip install" in arg:
             for word in shlex.split(arg):
                 if word.startswith("/tmp/qr-sampler/"):
-                    assert word in copied, f"{name}: pip installs {word}, which was not copied"
+                    path = word.split("[", 1)[0]  # an extra: "/tmp/qr-sampler/qr-grpc[metrics]"
+                    assert path in copied, f"{name}: pip installs {path}, which was not copied"
 
 
 def test_dockerfile_entrypoints_exist() -> None:

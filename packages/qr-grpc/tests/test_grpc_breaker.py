@@ -155,3 +155,18 @@ def test_snapshot(clock: FakeClock) -> None:
 def test_bad_thresholds_are_rejected(clock: FakeClock, key: str, value: float) -> None:
     with pytest.raises(GrpcConfigError, match=key.replace("_", "_")):
         make(clock, **{key: value})
+
+
+def test_transitions_count_each_entry_into_a_state(clock: FakeClock) -> None:
+    breaker = make(clock, max_consecutive_failures=1)
+    assert breaker.transitions == {"closed": 0, "open": 0, "half_open": 0}
+    assert breaker.allow_request()
+    breaker.record_failure()  # closed -> open
+    clock.now += 11
+    assert breaker.allow_request()  # open -> half_open
+    breaker.record_failure()  # half_open -> open
+    clock.now += 11
+    assert breaker.allow_request()  # open -> half_open
+    breaker.record_success(0.001)  # half_open -> closed
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.transitions == {"closed": 1, "open": 2, "half_open": 2}

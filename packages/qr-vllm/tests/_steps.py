@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from qr_vllm._records import RequestInfo, StepRecords
+from qr_vllm._records import N_VALUE_COLUMNS, Column, RequestInfo, StepRecords
 
 
 def info(serial: int = 1, *, full: bool = False, diagnostic: bool = False) -> RequestInfo:
@@ -35,17 +35,17 @@ def step(
     values = None
     tokens = np.full(rows, 7, dtype=np.int64)
     if status == "ok":
-        values = np.zeros((rows, 9), dtype=np.float64)
-        values[:, 0] = np.arange(rows) + 100
-        values[:, 1] = 1
-        values[:, 2] = 0.25
-        values[:, 3] = 10
-        values[:, 4] = 0.7
-        values[:, 5] = 2.5
-        values[:, 6] = 0.5
-        values[:, 7] = 0.0
-        values[:, 8] = 127.5
-        tokens = values[:, 0].astype(np.int64)
+        values = np.zeros((rows, N_VALUE_COLUMNS), dtype=np.float64)
+        values[:, Column.TOKEN_ID] = np.arange(rows) + 100
+        values[:, Column.TOKEN_RANK] = 1
+        values[:, Column.TOKEN_PROB] = 0.25
+        values[:, Column.NUM_CANDIDATES] = 10
+        values[:, Column.TEMPERATURE] = 0.7
+        values[:, Column.SHANNON_ENTROPY] = 2.5
+        values[:, Column.U] = 0.5
+        values[:, Column.Z_SCORE] = 0.0
+        values[:, Column.SAMPLE_MEAN] = 127.5
+        tokens = values[:, Column.TOKEN_ID].astype(np.int64)
     return StepRecords(
         runner="v1",
         requests=tuple(info(i + 1, full=full, diagnostic=diagnostic) for i in range(rows)),

@@ -28,9 +28,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def test_defaults_follow_the_readme_and_errata() -> None:
+def test_defaults_follow_the_readme() -> None:
     config = QRSamplerConfig()
-    assert config.population_std == POPULATION_STD  # ERRATA §1, not 73.612
+    assert config.population_std == POPULATION_STD  # the discrete σ, not 255/√12 = 73.612
     assert config.sample_count == 20480
     assert config.top_k == 50
     assert config.top_p == 0.9
@@ -79,6 +79,32 @@ def test_resolution_does_not_reread_the_environment(monkeypatch: pytest.MonkeyPa
 def test_infrastructure_fields_are_refused_per_request(field: str) -> None:
     with pytest.raises(ConfigValidationError, match=f"qr_{field}.*infrastructure"):
         resolve_config(QRSamplerConfig(), {f"qr_{field}": "x"})
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        # qr-grpc's settings, including those added after this list was first written;
+        # qr-vllm refuses them by prefix, without knowing qr-grpc's fields.
+        "grpc_server_address",
+        "grpc_tls",
+        "grpc_tls_ca_file",
+        "grpc_tls_cert_file",
+        "grpc_tls_key_file",
+        "grpc_tls_server_name",
+        "grpc_max_message_bytes",
+        "cb_window_size",
+        "cb_max_consecutive_failures",
+        "grpc_setting_of_a_later_version",
+    ],
+)
+def test_transport_settings_are_refused_by_prefix(field: str) -> None:
+    with pytest.raises(ConfigValidationError) as info:
+        resolve_config(QRSamplerConfig(), {f"qr_{field}": "x"})
+    message = str(info.value)
+    assert f"'qr_{field}'" in message
+    assert "infrastructure" in message
+    assert f"environment variable QR_{field.upper()} on the server" in message
 
 
 def test_unknown_key_lists_the_allowed_keys() -> None:

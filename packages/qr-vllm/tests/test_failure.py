@@ -22,6 +22,7 @@ from qr_vllm._failure import (
     stop_tokens,
 )
 from qr_vllm._plan import RowSet, build_plan
+from qr_vllm._records import N_VALUE_COLUMNS
 from qr_vllm._slots import SlotTable
 
 
@@ -80,7 +81,7 @@ def test_sampled_rows_become_ok_records_with_the_blocks_provenance() -> None:
     emit, sampling_logger = emitter(source)
     rows = sampled_rows(2)
     block = source.fetch_block(2, 4)
-    values = np.arange(18, dtype=np.float64).reshape(2, 9)
+    values = np.arange(2 * N_VALUE_COLUMNS, dtype=np.float64).reshape(2, N_VALUE_COLUMNS)
     before = time.time_ns()
     emit.sampled(rows, values, block.provenance, 1_000_000)
     emit.sampled(rows, values, block.provenance, 1_000_000)

@@ -223,7 +223,8 @@ def test_update_state_add_remove_move_swap_and_reuse(tmp_path: Path) -> None:
         return {slot: state.info.label for slot, state in sampler.slots.items()}
 
     assert labels() == {0: "r0", 1: "r1", 2: "r2"}
-    # removed, then added into a removed slot, then moved: vLLM's order (ERRATA §3).
+    # removed, then added into a removed slot, then moved: vLLM's order (see ARCHITECTURE.md,
+    # design note "Runner V1 batch updates").
     proc.update_state(
         BatchUpdate(
             batch_size=3,

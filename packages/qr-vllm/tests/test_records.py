@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _steps import step
 from qr_vllm import TokenSamplingRecord
+from qr_vllm._records import N_VALUE_COLUMNS, Column
 
 
 def test_records_carry_every_field() -> None:
@@ -54,7 +55,7 @@ def test_failed_rows_have_no_values() -> None:
 def test_jsonl_round_trip_and_non_finite_values() -> None:
     s = step(2)
     assert s.values is not None
-    s.values[1, 5] = np.inf
+    s.values[1, Column.SHANNON_ENTROPY] = np.inf
     lines = s.to_jsonl().decode().splitlines()
     assert len(lines) == 2
     parsed = [json.loads(line) for line in lines]
@@ -67,3 +68,15 @@ def test_empty_step_serialises_to_nothing() -> None:
     s = step(0)
     assert len(s) == 0
     assert s.to_jsonl() == b""
+
+
+def test_each_named_column_lands_in_the_record_field_of_that_name() -> None:
+    s = step(1)
+    assert s.values is not None
+    assert s.values.shape[1] == N_VALUE_COLUMNS == len(Column)
+    s.values[0] = np.arange(N_VALUE_COLUMNS) + 1.0  # a distinct value per column
+    record = s.records()[0].to_dict()
+    for column in Column:
+        if column is Column.TOKEN_ID:
+            continue  # the emitted token comes from token_ids (a failed row has no values)
+        assert record[column.name.lower()] == column + 1.0, column.name

@@ -148,3 +148,71 @@ def test_a_killed_writer_keeps_every_completed_step(tmp_path: Path) -> None:
     steps = {r["sequence_number"] for r in rows}
     assert set(range(completed + 1)) <= steps
     assert len(rows) % 4 == 0
+
+
+def test_flush_starts_no_thread_and_waits_for_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "r.jsonl"
+    sink = JsonlRecordSink(path)
+    sink.write(step(2))
+    assert sink.flush(timeout_s=60)
+    threads = {t.ident for t in threading.enumerate()}
+    # A writer held up (a slow disk): flush gives up at its timeout, then succeeds.
+    gate = threading.Event()
+    original = sink._write_step
+
+    def slow(fd: int, s: object) -> None:
+        assert gate.wait(60)
+        original(fd, s)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sink, "_write_step", slow)
+    sink.write(step(2, start_seq=1))
+    assert not sink.flush(timeout_s=0.2)
+    assert {t.ident for t in threading.enumerate()} == threads  # flush started no thread
+    gate.set()
+    assert sink.flush(timeout_s=60)
+    assert len(_lines(path)) == 4
+    sink.close()
+    assert sink.flush(timeout_s=60)  # closed: everything was written
+
+
+def test_a_forked_child_starts_its_own_writer(tmp_path: Path) -> None:
+    import warnings
+
+    path = tmp_path / "r.jsonl"
+    sink = JsonlRecordSink(path)
+    sink.write(step(2))
+    assert sink.flush(timeout_s=60)
+    parent_writer = sink._thread
+    assert parent_writer is not None
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads; forking one with
+        # the writer running is exactly what this test does on purpose.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            assert sink._thread is None  # the parent's writer is not ours
+            assert sink.write(step(3, start_seq=7))
+            child_writer = sink._thread
+            assert child_writer is not None
+            assert child_writer.is_alive()
+            assert child_writer is not parent_writer
+            assert sink.flush(timeout_s=60)
+            assert sink.written_records == 3
+            sink.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's writer is untouched by the child's and still writes.
+    assert sink._thread is parent_writer
+    assert parent_writer.is_alive()
+    assert sink.write(step(1, start_seq=9))
+    assert sink.flush(timeout_s=60)
+    sink.close()
+    rows = _lines(path)
+    assert [r["sequence_number"] for r in rows] == [0, 0, 7, 7, 7, 9]  # nothing twice

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from qr_vllm import TinyModelSpec, build_tiny_model
-from qr_vllm._entropy_server import EntropyServerProcess
 from qr_vllm.cli import app
+from qr_vllm.demo import TinyModelSpec, build_tiny_model
+from qr_vllm.demo._entropy_server import EntropyServerProcess
 from typer.testing import CliRunner
 
 
@@ -102,7 +102,7 @@ def test_engine_helpers_restore_the_environment_and_wait_for_records(
     import os
     import threading
 
-    from qr_vllm._engine import closing_engine, environment, read_records
+    from qr_vllm.demo._engine import closing_engine, environment, read_records
 
     monkeypatch.setenv("QR_KEEP", "old")
     monkeypatch.delenv("QR_NEW", raising=False)

@@ -81,11 +81,22 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._consecutive_failures = 0
         self._opened_at = 0.0
+        self._entries = dict.fromkeys((s.value for s in CircuitState), 0)
 
     @property
     def state(self) -> CircuitState:
         """The current state (an open breaker past its window stays OPEN until asked)."""
         return self._state
+
+    @property
+    def transitions(self) -> dict[str, int]:
+        """How often the breaker entered each state (by state value) since it was made."""
+        with self._lock:
+            return dict(self._entries)
+
+    def _enter_locked(self, state: CircuitState) -> None:
+        self._state = state
+        self._entries[state.value] += 1
 
     @property
     def consecutive_failures(self) -> int:
@@ -138,7 +149,7 @@ class CircuitBreaker:
             if self._state is CircuitState.OPEN:
                 if self._clock() - self._opened_at < self._recovery_window_s:
                     return False
-                self._state = CircuitState.HALF_OPEN
+                self._enter_locked(CircuitState.HALF_OPEN)
                 return True
             # Half-open: the one probe is out; everyone else waits for its verdict.
             return False
@@ -156,7 +167,7 @@ class CircuitBreaker:
             # A late success from before the breaker opened does not close it: only the
             # half-open probe may, so "exactly one probe" holds.
             if self._state is CircuitState.HALF_OPEN:
-                self._state = CircuitState.CLOSED
+                self._enter_locked(CircuitState.CLOSED)
 
     def record_failure(self) -> None:
         """Record a fetch that failed (after all its attempts)."""
@@ -170,7 +181,7 @@ class CircuitBreaker:
                 self._open_locked()
 
     def _open_locked(self) -> None:
-        self._state = CircuitState.OPEN
+        self._enter_locked(CircuitState.OPEN)
         self._opened_at = self._clock()
 
     def snapshot(self) -> dict[str, object]:

@@ -14,6 +14,7 @@ from qr_entropy import EntropySettings, EntropySourceRegistry, QREntropyError
 
 from qr_grpc._errors import GrpcConfigError
 from qr_grpc._logfmt import LogFormat, configure_logging
+from qr_grpc._server_metrics import ServerMetrics
 from qr_grpc._serving import DEFAULT_MAX_BYTES_PER_REQUEST, serve
 
 __all__ = ["main"]
@@ -76,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grace-s", type=float, default=5.0, help="seconds running calls get on shutdown"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics "
+        "(needs qr-grpc[metrics]; default 0: off)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of the metrics endpoint"
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
         "--log-format", choices=("logfmt", "json"), default="logfmt", help="log line format"
@@ -97,6 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QREntropyError as error:
         logger.error("event=startup_failed error=%r", str(error))
         return 2
+    metrics = None
+    if args.metrics_port:
+        try:
+            metrics = ServerMetrics(source)
+            metrics.start_endpoint(args.metrics_host, args.metrics_port)
+        except (ImportError, OSError, OverflowError) as error:
+            source.close()
+            hint = " (pip install 'qr-grpc[metrics]')" if isinstance(error, ImportError) else ""
+            logger.error("event=startup_failed error=%r%s", f"metrics: {error}", hint)
+            return 2
     try:
         server = serve(
             source,
@@ -112,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             delay_jitter_ms=args.delay_jitter_ms,
             max_workers=args.max_workers,
             close_source=True,
+            metrics=metrics,
         )
     except GrpcConfigError as error:
         source.close()

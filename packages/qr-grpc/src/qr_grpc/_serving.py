@@ -19,6 +19,7 @@ from qr_grpc._address import GrpcAddress, parse_address
 from qr_grpc._errors import GrpcConfigError
 from qr_grpc._proto import entropy_service_pb2
 from qr_grpc._proto.entropy_service_pb2 import EntropyRequest, EntropyResponse
+from qr_grpc._server_metrics import ServerMetrics
 from qr_grpc._servicer import EntropyServicer
 from qr_grpc._settings import DEFAULT_MAX_BYTES_PER_REQUEST, RESPONSE_FRAMING_BYTES
 
@@ -139,6 +140,7 @@ def serve(
     delay_jitter_ms: float = 0.0,
     max_workers: int = 16,
     close_source: bool = False,
+    metrics: ServerMetrics | None = None,
 ) -> EntropyServer:
     """Start an entropy server in this process and return its handle.
 
@@ -161,6 +163,7 @@ def serve(
             up to this long to each response, to simulate a jittery device.
         max_workers: Threads serving calls; each open bidi stream holds one.
         close_source: Close ``source`` when the server stops.
+        metrics: Count and time every request in these Prometheus metrics.
 
     Returns:
         The running server.
@@ -223,18 +226,22 @@ def serve(
         delay_s=delay_ms / 1000.0,
         jitter_s=delay_jitter_ms / 1000.0,
     )
+    get_entropy: Any = servicer.GetEntropy
+    stream_entropy: Any = servicer.StreamEntropy
+    if metrics is not None:
+        get_entropy, stream_entropy = metrics.instrument(get_entropy, stream_entropy)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
                 SERVICE_NAME,
                 {
                     "GetEntropy": grpc.unary_unary_rpc_method_handler(
-                        servicer.GetEntropy,
+                        get_entropy,
                         request_deserializer=EntropyRequest.FromString,
                         response_serializer=EntropyResponse.SerializeToString,
                     ),
                     "StreamEntropy": grpc.stream_stream_rpc_method_handler(
-                        servicer.StreamEntropy,
+                        stream_entropy,
                         request_deserializer=EntropyRequest.FromString,
                         response_serializer=EntropyResponse.SerializeToString,
                     ),

@@ -21,7 +21,6 @@ from qr_grpc._errors import GrpcEntropyUnavailableError
 from qr_grpc._fetcher import LOOP_GRACE_S, Fetcher
 from qr_grpc._loop import LoopThread
 from qr_grpc._probe import probe
-from qr_grpc._proto.entropy_service_pb2 import EntropyResponse
 from qr_grpc._settings import GrpcSettings
 from qr_grpc._transport import AioTransport
 
@@ -36,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 # Budget of the live health probe in health_check().
 _HEALTH_PROBE_TIMEOUT_S = 1.0
-_EMPTY_RESPONSE = EntropyResponse(data=b"")
 
 
 class QuantumGrpcSource(EntropySource):
@@ -164,7 +162,7 @@ class QuantumGrpcSource(EntropySource):
         return self._breaker.state is not CircuitState.OPEN or self._breaker.retry_after_s() == 0
 
     def get_random_bytes(self, n: int) -> bytes:
-        """Fetch exactly n bytes with one request.
+        """Fetch exactly n bytes (one request, or several above the per-request limit).
 
         Raises:
             EntropyConfigError: n is negative or above ``max_request_bytes``.
@@ -172,7 +170,7 @@ class QuantumGrpcSource(EntropySource):
                 of bytes, or the circuit breaker is open.
         """
         total = self.check_request(1, n)
-        return self._request(total).data
+        return self._request(total)[0]
 
     def fetch(self, n: int) -> EntropyFetch:
         """Fetch n bytes with provenance carrying the server's device_id.
@@ -183,16 +181,16 @@ class QuantumGrpcSource(EntropySource):
         """
         total = self.check_request(1, n)
         started_ns = time.monotonic_ns()
-        response = self._request(total)
-        block = self.seal_block(
-            response.data, 1, total, started_ns=started_ns, device_id=response.device_id
-        )
-        return EntropyFetch(data=response.data, provenance=block.provenance)
+        data, device_id = self._request(total)
+        block = self.seal_block(data, 1, total, started_ns=started_ns, device_id=device_id)
+        return EntropyFetch(data=data, provenance=block.provenance)
 
     def fetch_block(self, rows: int, n: int) -> EntropyBlock:
         """Fetch a (rows, n) uint8 block with one request of rows * n bytes.
 
-        The block is a read-only view of the response payload (no copy).
+        Above ``grpc_max_bytes_per_request`` the fetch is split into several requests
+        sent one after another. The block is a read-only view of the response payload
+        (no copy when one request served it).
 
         Raises:
             EntropyConfigError: A negative count or a total above ``max_request_bytes``.
@@ -200,21 +198,19 @@ class QuantumGrpcSource(EntropySource):
         """
         total = self.check_request(rows, n)
         started_ns = time.monotonic_ns()
-        response = self._request(total)
-        return self.seal_block(
-            response.data, rows, n, started_ns=started_ns, device_id=response.device_id
-        )
+        data, device_id = self._request(total)
+        return self.seal_block(data, rows, n, started_ns=started_ns, device_id=device_id)
 
-    def _request(self, n: int) -> EntropyResponse:
+    def _request(self, n: int) -> tuple[bytes, str]:
+        """The payload of a fetch of n bytes and the server's device_id."""
         if n == 0:
             if self._closed:
                 raise GrpcEntropyUnavailableError(
                     f"quantum_grpc source for {self._address} is closed"
                 )
             # Nothing to generate; the protocol has no zero-byte request (servers reject it).
-            return _EMPTY_RESPONSE
-        data, device_id = self._fetcher.fetch(n)
-        return EntropyResponse(data=data, device_id=device_id)
+            return b"", ""
+        return self._fetcher.fetch(n)
 
     def check(self, timeout_s: float | None = None) -> SourceCheck:
         """Send one real 1-byte request and report what stands in the way of serving.

@@ -21,7 +21,6 @@ from qr_vllm._errors import ConfigValidationError, QRVllmError, UnsupportedVllmE
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._records import TokenSamplingRecord
 from qr_vllm._sink import JsonlRecordSink
-from qr_vllm._tiny_model import TinyModelSpec, build_tiny_model
 
 if TYPE_CHECKING:
     from qr_vllm.processor import QRSamplerLogitsProcessor
@@ -38,11 +37,9 @@ __all__ = [
     "QRSamplerLogitsProcessor",
     "QRVllmError",
     "SamplingLogger",
-    "TinyModelSpec",
     "TokenSamplingRecord",
     "UnsupportedVllmError",
     "__version__",
-    "build_tiny_model",
     "check_vllm_version",
     "config_hash",
     "resolve_config",

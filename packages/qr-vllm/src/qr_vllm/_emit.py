@@ -1,8 +1,8 @@
 """Record emission: a step's outcome handed to the records logger as one `StepRecords`.
 
-The step builds no object per token: it passes arrays for its rows (the
-``(rows, 9)`` values of a sampled step, or the stop tokens of a failed one) and
-the fetch's provenance; the logger's writer thread makes the records.
+The step builds no object per token: it passes arrays for its rows (the values
+of a sampled step, one `Column` each, or the stop tokens of a failed one) and the
+fetch's provenance; the logger's writer thread makes the records.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from qr_entropy import EntropySource, Provenance
 from qr_vllm._failure import stop_tokens
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import RowSet
-from qr_vllm._records import RecordStatus, StepRecords
+from qr_vllm._records import Column, RecordStatus, StepRecords
 
 __all__ = ["RecordEmitter"]
 
@@ -39,8 +39,10 @@ class RecordEmitter:
         self.enabled = enabled
 
     def sampled(self, rows: RowSet, values: np.ndarray, prov: Provenance, latency_ns: int) -> None:
-        """Records of rows sampled with entropy; ``values`` is ``(rows, 9)`` float64."""
-        self._emit(rows, values, values[:, 0].astype(np.int64), prov, latency_ns=latency_ns)
+        """Records of rows sampled with entropy; ``values`` has one `Column` each."""
+        self._emit(
+            rows, values, values[:, Column.TOKEN_ID].astype(np.int64), prov, latency_ns=latency_ns
+        )
 
     def failed(self, rows: RowSet, error: str) -> None:
         """Records of failed rows: each with its request's stop token (-1: none)."""

@@ -7,6 +7,7 @@ from collections import deque
 from pathlib import Path
 
 from qr_vllm._config import LogLevel
+from qr_vllm._metrics import SamplerMetrics
 from qr_vllm._records import StepRecords, TokenSamplingRecord
 from qr_vllm._sink import JsonlRecordSink
 
@@ -52,6 +53,8 @@ class SamplingLogger:
         self.fallback_tokens = 0
         self.steps = 0
         self._fallback_logged = False
+        #: Set by the processor when metrics are on (QR_METRICS_PORT).
+        self.metrics: SamplerMetrics | None = None
 
     def log_step(self, step: StepRecords) -> None:
         """Take the records of one group of rows of one step."""
@@ -60,6 +63,8 @@ class SamplingLogger:
             return
         self.steps += 1
         self.tokens += n
+        if self.metrics is not None:
+            self.metrics.observe_step(step)
         if step.status == "failed":
             self.failed_tokens += n
         if step.is_fallback:

@@ -12,27 +12,43 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from enum import IntEnum
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["RecordStatus", "RequestInfo", "StepRecords", "TokenSamplingRecord"]
+__all__ = [
+    "DEVICE_COLUMNS",
+    "N_VALUE_COLUMNS",
+    "Column",
+    "RecordStatus",
+    "RequestInfo",
+    "StepRecords",
+    "TokenSamplingRecord",
+]
 
 RecordStatus = Literal["ok", "failed"]
 
-# Column order of StepRecords.values.
-_COLUMNS = (
-    "token_id",
-    "token_rank",
-    "token_prob",
-    "num_candidates",
-    "temperature",
-    "shannon_entropy",
-    "u",
-    "z_score",
-    "sample_mean",
-)
-N_VALUE_COLUMNS = len(_COLUMNS)
+
+class Column(IntEnum):
+    """The columns of `StepRecords.values`, by name (a column's value is its index)."""
+
+    TOKEN_ID = 0
+    TOKEN_RANK = 1
+    TOKEN_PROB = 2
+    NUM_CANDIDATES = 3
+    TEMPERATURE = 4
+    SHANNON_ENTROPY = 5
+    U = 6
+    Z_SCORE = 7
+    SAMPLE_MEAN = 8
+
+
+#: Columns of `StepRecords.values`.
+N_VALUE_COLUMNS = len(Column)
+#: The columns the step computes on the device (and copies back at once): the first
+#: ones, in `Column` order; u, z-score and mean are computed on the host.
+DEVICE_COLUMNS = slice(Column.TOKEN_ID, Column.SHANNON_ENTROPY + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +163,9 @@ class StepRecords:
         requests: Per row, the request's constant information.
         slots: Per row, the batch slot.
         sequence_numbers: Per row, the token's index within its request.
-        values: ``(rows, 9)`` float64: token id, rank, probability, candidates,
-            temperature, entropy, u, z, mean. None for a failed step.
+        values: ``(rows, N_VALUE_COLUMNS)`` float64, one `Column` each: token id,
+            rank, probability, candidates, temperature, entropy, u, z, mean. None
+            for a failed step.
         token_ids: Per row, the token emitted (for failed rows, the forced stop token).
         status: ``ok`` or ``failed``.
         error: The failure (empty when ok).
@@ -201,15 +218,15 @@ class StepRecords:
                     label=info.label,
                     status=self.status,
                     token_id=int(tokens[i]),
-                    token_rank=None if row is None else int(row[1]),
-                    token_prob=None if row is None else _finite(row[2]),
-                    num_candidates=None if row is None else int(row[3]),
-                    u=None if row is None else _finite(row[6]),
-                    z_score=None if row is None else _finite(row[7]),
-                    sample_mean=None if row is None else _finite(row[8]),
+                    token_rank=None if row is None else int(row[_RANK]),
+                    token_prob=None if row is None else _finite(row[_PROB]),
+                    num_candidates=None if row is None else int(row[_CANDIDATES]),
+                    u=None if row is None else _finite(row[_U]),
+                    z_score=None if row is None else _finite(row[_Z]),
+                    sample_mean=None if row is None else _finite(row[_MEAN]),
                     sample_count=info.sample_count if row is not None else 0,
-                    temperature=None if row is None else _finite(row[4]),
-                    shannon_entropy=None if row is None else _finite(row[5]),
+                    temperature=None if row is None else _finite(row[_TEMPERATURE]),
+                    shannon_entropy=None if row is None else _finite(row[_ENTROPY]),
                     top_k=info.top_k,
                     top_p=info.top_p,
                     min_p=info.min_p,
@@ -234,6 +251,16 @@ class StepRecords:
         """The step's records as JSON Lines (one line per token, newline-terminated)."""
         lines = [json.dumps(r.to_dict(), separators=(",", ":")) for r in self.records()]
         return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+# Plain ints for the writer's per-record loop (an enum member is a slower lookup).
+_RANK, _PROB, _CANDIDATES = (
+    int(Column.TOKEN_RANK),
+    int(Column.TOKEN_PROB),
+    int(Column.NUM_CANDIDATES),
+)
+_TEMPERATURE, _ENTROPY = int(Column.TEMPERATURE), int(Column.SHANNON_ENTROPY)
+_U, _Z, _MEAN = int(Column.U), int(Column.Z_SCORE), int(Column.SAMPLE_MEAN)
 
 
 def _finite(value: float) -> float | None:

@@ -38,6 +38,7 @@ from qr_vllm._emit import RecordEmitter
 from qr_vllm._fetch import Fetcher, amplify
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import BatchPlan, build_plan, plan_key
+from qr_vllm._records import DEVICE_COLUMNS, N_VALUE_COLUMNS, Column
 from qr_vllm._slots import SlotTable
 from qr_vllm._tp import exchange_for
 
@@ -149,27 +150,27 @@ class BatchSampler:
         token_ids = as_tensor(sel.token_id, logits)
         force(logits, dev.rows, token_ids)
 
-        # One device-to-host copy for the records.
+        # One device-to-host copy for the records: the device columns, in Column order.
         host = (
             torch.stack(
                 [
-                    token_ids.to(torch.float64),
-                    as_tensor(sel.token_rank, logits).to(torch.float64),
-                    as_tensor(sel.token_prob, logits).to(torch.float64),
-                    as_tensor(sel.num_candidates, logits).to(torch.float64),
-                    temperature.to(torch.float64),
-                    entropy.to(torch.float64),
+                    token_ids.to(torch.float64),  # Column.TOKEN_ID
+                    as_tensor(sel.token_rank, logits).to(torch.float64),  # TOKEN_RANK
+                    as_tensor(sel.token_prob, logits).to(torch.float64),  # TOKEN_PROB
+                    as_tensor(sel.num_candidates, logits).to(torch.float64),  # NUM_CANDIDATES
+                    temperature.to(torch.float64),  # TEMPERATURE
+                    entropy.to(torch.float64),  # SHANNON_ENTROPY
                 ],
                 dim=1,
             )
             .cpu()
             .numpy()
         )
-        values = np.empty((rows, 9), dtype=np.float64)
-        values[:, :6] = host
-        values[:, 6] = u
-        values[:, 7] = z
-        values[:, 8] = mean
+        values = np.empty((rows, N_VALUE_COLUMNS), dtype=np.float64)
+        values[:, DEVICE_COLUMNS] = host
+        values[:, Column.U] = u
+        values[:, Column.Z_SCORE] = z
+        values[:, Column.SAMPLE_MEAN] = mean
         self._records.sampled(plan.sampled, values, prov, latency)
         return u_dev
 

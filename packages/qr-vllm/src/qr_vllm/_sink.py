@@ -7,14 +7,21 @@ step reaches the operating system as soon as the thread gets to it, whole lines
 only, so a killed engine loses at most the steps still queued (normally the
 one in flight) and leaves no partial line. A full queue drops the step, counts
 the records and logs a warning; it never blocks sampling.
+
+`flush` puts a marker on the same queue and waits for the writer to reach it.
+A forked child inherits the sink but not its writer thread: right after the fork
+the child forgets the parent's queue, file descriptor and thread, and starts its
+own writer on its first write (vLLM builds engines in forked processes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +33,28 @@ logger = logging.getLogger(__name__)
 __all__ = ["JsonlRecordSink"]
 
 _STOP = object()
+
+
+class _FlushMarker:
+    """Put on the queue by `JsonlRecordSink.flush`; the writer sets ``reached``."""
+
+    __slots__ = ("reached",)
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+
+
+# Every sink of this process, for the fork handler below.
+_SINKS: weakref.WeakSet[JsonlRecordSink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_SINKS):
+        sink._forget_parent_writer()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class JsonlRecordSink:
@@ -41,15 +70,18 @@ class JsonlRecordSink:
         if max_pending_steps < 1:
             raise ValueError(f"max_pending_steps must be >= 1, got {max_pending_steps}")
         self.path = Path(path)
+        self._max_pending = max_pending_steps
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending_steps)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._fd: int | None = None
         self._closed = False
         self.dropped_records = 0
         self.written_records = 0
         self.written_steps = 0
         self.write_errors = 0
         self._finalizer: Any = None
+        _SINKS.add(self)
 
     def write(self, step: StepRecords) -> bool:
         """Queue one step's records for writing; never blocks.
@@ -72,17 +104,21 @@ class JsonlRecordSink:
         return True
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every queued step is written; True if it finished in time."""
-        if self._thread is None:
+        """Wait until every step queued before the call is written; True if it finished in time."""
+        thread = self._thread
+        if thread is None:
             return True
-        done = threading.Event()
-
-        def _wait() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=_wait, daemon=True, name="qr-records-flush").start()
-        return done.wait(timeout_s)
+        if self._closed:
+            # close() queued its stop after every step: written once the writer ended.
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        deadline = time.monotonic() + timeout_s
+        marker = _FlushMarker()
+        try:
+            self._queue.put(marker, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return marker.reached.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, stop the writer and close the file (idempotent)."""
@@ -125,6 +161,7 @@ class JsonlRecordSink:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = fd
             thread = threading.Thread(
                 target=self._run, args=(fd,), daemon=True, name="qr-records-writer"
             )
@@ -133,6 +170,25 @@ class JsonlRecordSink:
             # Write out what is queued when the interpreter exits normally.
             self._finalizer = weakref.finalize(self, JsonlRecordSink._at_exit, self._queue, thread)
 
+    def _forget_parent_writer(self) -> None:
+        """In a forked child: drop the parent's writer, queue and file; the next write starts anew.
+
+        The child runs alone right after the fork: no other thread can hold the lock
+        or the queue, but a copy of them may be locked for good by a parent thread.
+        """
+        self._lock = threading.Lock()
+        self._queue = queue.Queue(maxsize=self._max_pending)
+        self._thread = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the child's copy; the parent's writer keeps its own
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self.dropped_records = self.written_records = self.written_steps = 0
+        self.write_errors = 0
+
     @staticmethod
     def _at_exit(q: queue.Queue[object], thread: threading.Thread) -> None:
         if thread.is_alive():
@@ -140,16 +196,21 @@ class JsonlRecordSink:
             thread.join(5.0)
 
     def _run(self, fd: int) -> None:
+        q = self._queue
         try:
             while True:
-                item = self._queue.get()
+                item = q.get()
                 try:
                     if item is _STOP:
                         return
+                    if isinstance(item, _FlushMarker):
+                        item.reached.set()
+                        continue
                     self._write_step(fd, cast(StepRecords, item))
                 finally:
-                    self._queue.task_done()
+                    q.task_done()
         finally:
+            self._fd = None  # before closing: a child forked later must not close the number
             os.close(fd)
 
     def _write_step(self, fd: int, step: StepRecords) -> None:

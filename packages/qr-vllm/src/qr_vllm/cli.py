@@ -10,7 +10,7 @@ from rich.console import Console
 
 from qr_vllm._compat import SUPPORTED_VLLM, installed_vllm_version
 from qr_vllm._config import PER_REQUEST_FIELDS, QRSamplerConfig
-from qr_vllm._demo import DEFAULT_PROMPTS, DemoOptions, run_demo
+from qr_vllm.demo._run import DEFAULT_PROMPTS, DemoOptions, run_demo
 
 __all__ = ["app", "main"]
 

@@ -1,7 +1,8 @@
 """`QRSamplerLogitsProcessor`: the vLLM plugin, for both model runners.
 
 vLLM finds the class through the ``vllm.logits_processors`` entry point
-``qr_sampler``. The one class implements both interfaces (ERRATA §8):
+``qr_sampler``. The one class implements both interfaces (see ARCHITECTURE.md,
+design note "Runner V1 and runner V2"):
 
 * runner V1 (CPU, older GPUs) builds it as ``cls(vllm_config, device,
   is_pin_memory)`` and calls ``update_state(batch_update)`` then ``apply(logits)``;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,6 +36,8 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2Log
 from qr_vllm._compat import check_vllm_version
 from qr_vllm._config import QRSamplerConfig
 from qr_vllm._logger import SamplingLogger
+from qr_vllm._metrics import SamplerMetrics
+from qr_vllm._metrics_export import start_metrics, unregister
 from qr_vllm._records import RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
 from qr_vllm._sampler import BatchSampler
@@ -99,6 +103,18 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self._sampler = BatchSampler(
             self._source, self.sampling_logger, device, pin, runner, tp_group=tp_group
         )
+        # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
+        self._metrics: SamplerMetrics | None = None
+        if not follower:
+            sampler = self._sampler  # not self: the metrics must not keep the processor alive
+            self._metrics = start_metrics(
+                self.config,
+                vllm_config,
+                self._source,
+                lambda: sampler.failed_requests,
+                self.sampling_logger.sink,
+            )
+            self.sampling_logger.metrics = self._metrics
         self._serials = itertools.count(1)
         self._finalizer = weakref.finalize(
             self,
@@ -106,6 +122,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self._sampler,
             self.sampling_logger,
             self._source,
+            self._metrics,
         )
         if follower:
             assert tp_group is not None
@@ -149,7 +166,10 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         return False
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        """Apply vLLM's batch changes in its order: removed, added, moved (ERRATA §3)."""
+        """Apply vLLM's batch changes in its order: removed, added, moved.
+
+        See ARCHITECTURE.md, design note "Runner V1 batch updates".
+        """
         if batch_update is None:
             return
         slots = self._sampler.slots
@@ -185,15 +205,19 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         Returns:
             ``logits`` itself.
         """
+        metrics = self._metrics
+        started = time.perf_counter_ns() if metrics is not None else 0
         if ctx is None:
             self._sampler.sample(logits)
-            return logits
-        mapping = ctx.idx_mapping_np
-        if int(logits.shape[0]) != len(mapping):
-            # Several rows per request (speculative decoding): the host copy of the
-            # expanded mapping costs one synchronisation.
-            mapping = ctx.expanded_idx_mapping.cpu().numpy()
-        self._sampler.sample(logits, np.asarray(mapping))
+        else:
+            mapping = ctx.idx_mapping_np
+            if int(logits.shape[0]) != len(mapping):
+                # Several rows per request (speculative decoding): the host copy of the
+                # expanded mapping costs one synchronisation.
+                mapping = ctx.expanded_idx_mapping.cpu().numpy()
+            self._sampler.sample(logits, np.asarray(mapping))
+        if metrics is not None:
+            metrics.observe_step_time((time.perf_counter_ns() - started) / 1e9)
         return logits
 
     # --- introspection -----------------------------------------------------------
@@ -219,8 +243,13 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
 
     @staticmethod
     def _release(
-        sampler: BatchSampler, sampling_logger: SamplingLogger, source: EntropySource
+        sampler: BatchSampler,
+        sampling_logger: SamplingLogger,
+        source: EntropySource,
+        metrics: SamplerMetrics | None,
     ) -> None:
+        if metrics is not None:
+            unregister(metrics)
         sampler.close()
         sampling_logger.close()
         source.close()

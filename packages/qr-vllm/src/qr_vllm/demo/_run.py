@@ -13,9 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from qr_vllm._engine import closing_engine, environment, read_records
-from qr_vllm._entropy_server import EntropyServerProcess
-from qr_vllm._tiny_model import build_tiny_model
+from qr_vllm.demo._engine import closing_engine, environment, read_records
+from qr_vllm.demo._entropy_server import EntropyServerProcess
+from qr_vllm.demo._tiny_model import build_tiny_model
 
 __all__ = ["DEFAULT_PROMPTS", "DemoOptions", "run_demo"]
 
@@ -49,7 +49,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         env = {
             "QR_RECORDS_PATH": str(records),
             "QR_ENTROPY_SOURCE_TYPE": options.source,
-            # ERRATA §17: small KV cache, no hub, bytecode already compiled.
+            # Small KV cache, no hub (see ARCHITECTURE.md, design note "Engines in tests").
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
             "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if options.multiprocess else "0",
         }

@@ -1,4 +1,4 @@
-"""A tiny random-weight Llama and its tokenizer, built offline and cached (ERRATA §13).
+"""A tiny random-weight Llama and its tokenizer, built offline and cached.
 
 The demo and the integration tests need a real model that vLLM can load on a
 machine without the Hugging Face hub. This builds one in a few seconds from
@@ -101,7 +101,8 @@ def build_tiny_model(
     see a half-written model.
 
     Args:
-        spec: The model's parameters; the defaults give the model of ERRATA §13.
+        spec: The model's parameters; the defaults give the model the tests use
+            (see ARCHITECTURE.md, design note "Tiny offline model").
         cache_dir: Parent directory of the cache entries (default `default_cache_dir`).
 
     Returns:
@@ -154,7 +155,7 @@ def _write_tokenizer(spec: TinyModelSpec, out: Path) -> None:
     # Repeating the text lets the trainer reach the target vocabulary size.
     tokenizer.train_from_iterator(lines * 4, trainer=trainer)
     tokenizer.save(str(out / "tokenizer.json"))
-    # No chat template: the model is a plain completion model (ERRATA §13).
+    # No chat template: the model is a plain completion model.
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>",
