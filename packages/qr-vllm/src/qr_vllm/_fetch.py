@@ -2,7 +2,10 @@
 
 The step hands the fetch to a single worker thread and waits until the worker
 holds it, then does everything that does not need u while the source answers
-(see ARCHITECTURE.md, design note "One fetch per step, just in time").
+(see ARCHITECTURE.md, design note "One fetch per step, just in time"). Local
+sources that never wait on I/O (`INLINE_SOURCES`) are read inline on the
+engine thread instead: a hand-off to another thread costs more than their read
+(see ARCHITECTURE.md, design note "Compiled path").
 `amplify` turns the block into one u (and its z-score and byte mean) per
 sampled row, one amplifier call per group of the plan.
 """
@@ -17,7 +20,16 @@ from qr_entropy import EntropyBlock, EntropySource
 
 from qr_vllm._plan import EntropyPlan
 
-__all__ = ["FETCH_START_WAIT_S", "Fetcher", "amplify"]
+__all__ = ["FETCH_START_WAIT_S", "INLINE_SOURCES", "Fetcher", "amplify", "reads_inline"]
+
+#: Sources read on the engine thread: local, fast, never waiting on I/O.
+INLINE_SOURCES = frozenset({"system", "mock_uniform"})
+
+
+def reads_inline(source: EntropySource) -> bool:
+    """True when ``source`` (or, behind a fallback, its primary) is one of `INLINE_SOURCES`."""
+    primary = getattr(source, "primary", source)
+    return isinstance(primary, EntropySource) and primary.name in INLINE_SOURCES
 
 #: How long a step waits for the fetch thread to pick its request up (see `Fetcher.start`).
 FETCH_START_WAIT_S = 0.05
@@ -32,11 +44,23 @@ class Fetcher:
 
     def __init__(self, source: EntropySource) -> None:
         self.source = source
+        #: Read on the calling thread (see `reads_inline`), never handed to the worker.
+        self.inline = reads_inline(source)
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
     def start(self, plan: EntropyPlan) -> Future[EntropyBlock]:
-        """Start the fetch of ``plan``'s block; returns once the worker holds it (or soon)."""
+        """Start the fetch of ``plan``'s block; returns once the worker holds it (or soon).
+
+        An inline source is read here and now, and the returned future is done.
+        """
+        if self.inline:
+            done: Future[EntropyBlock] = Future()
+            try:
+                done.set_result(self.source.fetch_block(plan.fetch_rows, plan.fetch_count))
+            except Exception as exc:  # noqa: BLE001 - handed to the step like a worker's error
+                done.set_exception(exc)
+            return done
         if self._executor is None:
             # One worker, started on the first step (never at import: vLLM builds the
             # processor in several processes): requests stay one at a time, in step order.

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+from qr_core import COMPILE_ENV, warm_up_compiled
 from qr_entropy import EntropySource, EntropyUnavailableError, build_entropy_source
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
@@ -103,6 +104,8 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self._sampler = BatchSampler(
             self._source, self.sampling_logger, device, pin, runner, tp_group=tp_group
         )
+        #: Seconds spent compiling qr_core's fast path at start (QR_COMPILE; 0 when off).
+        self.compile_s = _warm_up(vllm_config, device)
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
         self._metrics: SamplerMetrics | None = None
         if not follower:
@@ -347,3 +350,15 @@ def _penalties(params: SamplingParams) -> tuple[float, float, float] | None:
     if presence == 0.0 and frequency == 0.0 and repetition == 1.0:
         return None
     return presence, frequency, repetition
+
+
+def _warm_up(vllm_config: Any, device: torch.device) -> float:
+    """Compile qr_core's per-step kernels now, so the first request pays nothing."""
+    vocab = 32000
+    model_config = getattr(vllm_config, "model_config", None)
+    if model_config is not None:
+        vocab = int(model_config.get_vocab_size())
+    spent = warm_up_compiled(device, vocab)
+    if spent:
+        logger.info("qr-sampler compiled path ready in %.1f s (%s=off skips it)", spent, COMPILE_ENV)
+    return spent
