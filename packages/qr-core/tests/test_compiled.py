@@ -11,15 +11,22 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from qr_core import EDTTemperatureStrategy, QRCoreError, TokenSelector, compute_shannon_entropy
-from qr_core import _compiled
+from qr_core import (
+    EDTTemperatureStrategy,
+    QRCoreError,
+    TokenSelector,
+    _compiled,
+    compute_shannon_entropy,
+)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(autouse=True)
-def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def fresh(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
     _compiled.reset()
     yield
@@ -77,7 +84,9 @@ def test_unavailable_compiler_falls_back_with_one_log_line(
     with caplog.at_level(logging.WARNING, logger="qr_core"):
         _, first = _run(x, u)
         _, second = _run(x, u)
-    lines = [r.getMessage() for r in caplog.records if "compiled path unavailable" in r.getMessage()]
+    lines = [
+        r.getMessage() for r in caplog.records if "compiled path unavailable" in r.getMessage()
+    ]
     assert len(lines) == 1
     assert "no C++ compiler" in lines[0]
     assert torch.equal(first.token_id, second.token_id)  # type: ignore[attr-defined]
@@ -153,7 +162,9 @@ def test_compiled_and_eager_choose_the_same_tokens(
         )
 
 
-def _assert_u_near_interval(row: torch.Tensor, temp: float, u: float, picked: object, r: int) -> None:
+def _assert_u_near_interval(
+    row: torch.Tensor, temp: float, u: float, picked: object, r: int
+) -> None:
     """The picked token's CDF interval (float64, whole row) holds u to within 1e-6."""
     x = row.double().numpy()
     order = np.lexsort((np.arange(x.size), -x))

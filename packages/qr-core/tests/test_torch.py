@@ -28,9 +28,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 
-@pytest.fixture(
-    autouse=True, scope="module", params=["torch-ops", "compiled", "small-numpy-views"]
-)
+@pytest.fixture(autouse=True, scope="module", params=["torch-ops", "compiled", "small-numpy-views"])
 def host_path(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:

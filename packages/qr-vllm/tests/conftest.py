@@ -21,7 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _inductor_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """qr_core's compiled path (QR_COMPILE) writes Inductor's cache here, not in /tmp's shared one."""
+    """qr_core's compiled path (QR_COMPILE) keeps Inductor's cache here, not in /tmp."""
     import os
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))

@@ -204,9 +204,7 @@ class Backend:
             z = np.exp(-d)
             bucket = np.minimum(d * (1.0 / width), buckets - 1).astype(np.int64)
         offsets = np.arange(rows, dtype=np.int64)[:, None] * buckets
-        flat = np.bincount(
-            (bucket + offsets).ravel(), weights=z.ravel(), minlength=rows * buckets
-        )
+        flat = np.bincount((bucket + offsets).ravel(), weights=z.ravel(), minlength=rows * buckets)
         return bucket, flat.reshape(rows, buckets)
 
     def to_host_list(self, x: Any) -> list[Any]:

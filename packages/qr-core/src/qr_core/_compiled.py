@@ -158,7 +158,7 @@ def compiled(name: str, x: Any, *args: Any) -> Any | None:
         return None
     try:
         return fn(x, *args)
-    except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
+    except Exception as exc:
         with _LOCK:
             _give_up(device_type, f"{type(exc).__name__}: {str(exc)[:200]}")
         return None
@@ -190,12 +190,18 @@ def warm_up(device: Any, vocab: int, dtype: Any = None, *, inference: bool = Tru
 
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
-    batches = [b for b in (1, max(2, SMALL_HOST_ELEMENTS // max(vocab, 1) + 1), 3) if b * vocab > SMALL_HOST_ELEMENTS]
+    batches = [
+        b
+        for b in (1, max(2, SMALL_HOST_ELEMENTS // max(vocab, 1) + 1), 3)
+        if b * vocab > SMALL_HOST_ELEMENTS
+    ]
     selector = TokenSelector()
     context = torch.inference_mode() if inference else torch.no_grad()
     with context:
         for rows in dict.fromkeys(batches):
-            logits = (torch.randn(rows, vocab, generator=gen) * 3).to(device, dtype or torch.float32)
+            logits = (torch.randn(rows, vocab, generator=gen) * 3).to(
+                device, dtype or torch.float32
+            )
             temps = EDTTemperatureStrategy().compute_batch(logits).temperature
             for u in (0.5, 1 - 1e-6):
                 selector.select_batch(

@@ -115,7 +115,7 @@ def finish_rows(
     if not xp.any(retry):
         return token, rank, prob, count
     results = (token, rank, prob, count)
-    rows, n = x.shape
+    _rows, n = x.shape
     located = retry & locatable(xp, params)
     if xp.any(located):
         # No filter cuts these rows: locate u's bucket by mass instead of sorting (_locate).

@@ -32,8 +32,8 @@ _SPAN = 32.0
 
 def locatable(xp: Backend, params: RowParams) -> Any:
     """Rows this path serves: sampled, with top-k, min-p and top-p all off."""
-    return (params.temperature > 0) & ~(params.top_k > 0) & ~(params.min_p > 0) & ~(
-        params.top_p < 1
+    return (
+        (params.temperature > 0) & ~(params.top_k > 0) & ~(params.min_p > 0) & ~(params.top_p < 1)
     )
 
 
@@ -54,9 +54,7 @@ def locate_rows(xp: Backend, x: Any, params: RowParams) -> tuple[Any, Any, Any, 
     inv_t = 1.0 / params.temperature
     width = _SPAN / (BUCKETS - 1)
     # One fused pass where a compiler is available (qr_core._compiled), else a few eager ones.
-    bucket, mass = xp.bucket_mass(
-        x, xp.asarray(top, work), xp.asarray(inv_t, work), width, BUCKETS
-    )
+    bucket, mass = xp.bucket_mass(x, xp.asarray(top, work), xp.asarray(inv_t, work), width, BUCKETS)
     mass = xp.to_compute(mass)
     cum = xp.cumsum(mass)
     total = cum[:, -1]

@@ -31,6 +31,7 @@ def reads_inline(source: EntropySource) -> bool:
     primary = getattr(source, "primary", source)
     return isinstance(primary, EntropySource) and primary.name in INLINE_SOURCES
 
+
 #: How long a step waits for the fetch thread to pick its request up (see `Fetcher.start`).
 FETCH_START_WAIT_S = 0.05
 
@@ -58,7 +59,7 @@ class Fetcher:
             done: Future[EntropyBlock] = Future()
             try:
                 done.set_result(self.source.fetch_block(plan.fetch_rows, plan.fetch_count))
-            except Exception as exc:  # noqa: BLE001 - handed to the step like a worker's error
+            except Exception as exc:
                 done.set_exception(exc)
             return done
         if self._executor is None:

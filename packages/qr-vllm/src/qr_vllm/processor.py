@@ -360,5 +360,7 @@ def _warm_up(vllm_config: Any, device: torch.device) -> float:
         vocab = int(model_config.get_vocab_size())
     spent = warm_up_compiled(device, vocab)
     if spent:
-        logger.info("qr-sampler compiled path ready in %.1f s (%s=off skips it)", spent, COMPILE_ENV)
+        logger.info(
+            "qr-sampler compiled path ready in %.1f s (%s=off skips it)", spent, COMPILE_ENV
+        )
     return spent
