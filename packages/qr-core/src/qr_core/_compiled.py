@@ -101,9 +101,9 @@ def _available(device_type: str) -> str | None:
         if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
             return "no C++ compiler (g++ or clang++) on PATH"
     elif device_type == "cuda":
-        try:
-            import triton  # noqa: F401, PLC0415
-        except ImportError:
+        import importlib.util  # noqa: PLC0415
+
+        if importlib.util.find_spec("triton") is None:
             return "Triton is not installed"
     else:
         return f"no compiled path for {device_type} devices"
