@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("qr-core", "qr-entropy", "qr-grpc", "qr-vllm")
+PACKAGES = ("qr-core", "qr-entropy", "qr-grpc", "qr-vllm", "qr-lab")
 
 
 def uv_command() -> list[str]:

