@@ -23,14 +23,18 @@ import time
 from typing import Any
 
 from qr_core._errors import QRCoreError
+from qr_core._small import select_sorted
 
-__all__ = ["COMPILE_ENV", "MODES", "compiled", "mode", "reset", "warm_up"]
+__all__ = ["COMPILE_ENV", "MODES", "compiled", "enabled", "mode", "reset", "warm_up"]
 
 logger = logging.getLogger("qr_core")
 
 #: The switch: ``auto`` (default: compiled where a compiler is present), ``on``, ``off``.
 COMPILE_ENV = "QR_COMPILE"
 MODES = ("auto", "on", "off")
+
+#: Graphs per kernel before torch.compile gives up on new classes (see `compiled`).
+_RECOMPILE_LIMIT = 64
 
 _LOCK = threading.Lock()
 _state: dict[str, Any] = {}
@@ -86,7 +90,12 @@ def _bucket_mass(x: Any, top: Any, inv_t: Any, width: float, buckets: int) -> tu
     return bucket, mass.scatter_add(1, bucket, z)
 
 
-_KERNELS = {"entropy": _entropy_stats, "tail": _tail_mass, "buckets": _bucket_mass}
+_KERNELS = {
+    "entropy": _entropy_stats,
+    "tail": _tail_mass,
+    "buckets": _bucket_mass,
+    "small": select_sorted,
+}
 
 
 def _available(device_type: str) -> str | None:
@@ -126,6 +135,10 @@ def _kernel(name: str, device_type: str) -> Any | None:
                 return None
             import torch  # noqa: PLC0415
 
+            # Shape classes x dtypes x inference mode exceed dynamo's default of 8 graphs
+            # per function; raise the limit (never lower it).
+            config = torch._dynamo.config
+            config.recompile_limit = max(config.recompile_limit, _RECOMPILE_LIMIT)
             # One graph per shape class: every size symbolic, except sizes of 1 (which
             # torch.compile always specialises), so a new batch size never compiles again.
             fn = _state[key] = torch.compile(_KERNELS[name], fullgraph=True, dynamic=True)
@@ -144,11 +157,16 @@ def _give_up(device_type: str, why: str) -> None:
         )
 
 
+def enabled(device_type: str) -> bool:
+    """True when the compiled path is on and has not failed for ``device_type``."""
+    return _kernel("small", device_type) is not None
+
+
 def compiled(name: str, x: Any, *args: Any) -> Any | None:
     """Run kernel ``name`` on ``x`` compiled, or return None: the caller then runs eager code.
 
     Args:
-        name: ``entropy``, ``tail`` or ``buckets``.
+        name: ``entropy``, ``tail``, ``buckets`` or ``small``.
         x: The ``(rows, vocab)`` logits tensor.
         args: The kernel's other arguments.
     """

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qr_core._array import Backend, backend_for, is_torch_tensor, small_host_view
-from qr_core._checks import check_logits
+from qr_core._checks import check_logits, check_row_max
+from qr_core._compiled import compiled
 from qr_core._errors import TokenSelectionError
 from qr_core._head import filter_rows, finish_rows
 from qr_core._params import (
@@ -28,6 +29,7 @@ from qr_core._params import (
     row_param,
     scalar,
 )
+from qr_core._small import fused_small
 
 if TYPE_CHECKING:
     from qr_core._array import Array
@@ -243,7 +245,8 @@ class TokenSelector:
             "top_p": top_p,
             "min_p": min_p,
         }
-        small = small_host_view(logits)
+        fused = fused_small(logits)
+        small = None if fused else small_host_view(logits)
         as_tensors = small is not None
         if small is not None:
             # Same code on zero-copy numpy views (see SMALL_HOST_ELEMENTS); results back as tensors.
@@ -256,8 +259,13 @@ class TokenSelector:
             **{k: row_param(xp, k, v, rows, integer=k == "top_k") for k, v in values.items()},
             u=None,
         )
-        head = self._first_head(xp, params, validate=validate)
         x = xp.contiguous_rows(logits)
+        if fused:  # one compiled call at select (qr_core._small)
+            if validate:
+                self._first_head(xp, params, validate=True)
+                check_row_max(xp, xp.amax(x, 1), error=TokenSelectionError)
+            return PreparedSelection(xp, x, params, 0, None, validate=validate, as_tensors=False)
+        head = self._first_head(xp, params, validate=validate)
         with np.errstate(all="ignore"):  # -inf arithmetic and underflow are expected here
             filtered = filter_rows(xp, x, params, head, check=validate)
         return PreparedSelection(
@@ -313,7 +321,7 @@ class PreparedSelection:
         x: Any,
         params: RowParams,
         head: int,
-        filtered: Filtered,
+        filtered: Filtered | None,
         *,
         validate: bool,
         as_tensors: bool,
@@ -360,6 +368,14 @@ class PreparedSelection:
             u=u_rows,
         )
         with np.errstate(all="ignore"):
+            if self._filtered is None:
+                p, x = params, self._x
+                x = x if str(x.dtype) in ("torch.float32", "torch.float64") else x.float()
+                fused = compiled("small", x, p.temperature, p.top_k, p.top_p, p.min_p, p.u)
+                if fused is not None:
+                    return BatchSelectionResult(*fused)
+                self._head = int(self._x.shape[1])  # compiler failed: sort the rows instead
+                self._filtered = filter_rows(xp, self._x, self._params, self._head, check=False)
             token, rank, prob, count = finish_rows(xp, self._x, params, self._head, self._filtered)
         if self._as_tensors:
             import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
