@@ -174,3 +174,29 @@ def _assert_u_near_interval(
     assert int(order[rank]) == int(picked.token_id[r])  # type: ignore[attr-defined]
     low = cum[rank - 1] if rank else 0.0
     assert low - 1e-6 <= u <= cum[rank] + 1e-6
+
+
+def test_small_vocabularies_take_one_compiled_call_per_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qr_core import _small
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("QR_COMPILE", "on")
+    x = _lm_like(6, 512, 9)
+    u = torch.rand(6, dtype=torch.float64)
+    params = {"temperature": 0.8, "top_k": torch.tensor([0, 5, 0, 50, 0, 1]), "top_p": 0.9}
+    assert _small.fused_small(x)
+    fused = TokenSelector().select_batch(x, u=u, **params)  # type: ignore[arg-type]
+    graphs = counters["stats"]["unique_graphs"]
+    again = TokenSelector().select_batch(x[:4], u=u[:4], **params | {"top_k": 3})  # type: ignore[arg-type]
+    assert counters["stats"]["unique_graphs"] == graphs  # a new batch size: no recompile
+    monkeypatch.setenv("QR_COMPILE", "off")
+    assert not _small.fused_small(x)
+    eager = TokenSelector().select_batch(x, u=u, **params)  # type: ignore[arg-type]
+    assert torch.equal(fused.token_id, eager.token_id)
+    assert torch.equal(fused.token_rank, eager.token_rank)
+    assert torch.equal(fused.num_candidates, eager.num_candidates)
+    np.testing.assert_allclose(fused.token_prob.numpy(), eager.token_prob.numpy(), rtol=1e-12)
+    assert again.token_id.shape == (4,)
+    assert not _small.fused_small(x[:, :1])  # a vocabulary of one is not worth a graph
