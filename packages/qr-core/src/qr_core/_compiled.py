@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from qr_core._errors import QRCoreError
-from qr_core._small import select_sorted
+from qr_core._small import SMALL_VOCAB, select_sorted
 
 __all__ = ["COMPILE_ENV", "MODES", "compiled", "enabled", "mode", "reset", "warm_up"]
 
@@ -208,11 +208,14 @@ def warm_up(device: Any, vocab: int, dtype: Any = None, *, inference: bool = Tru
 
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
-    batches = [
-        b
-        for b in (1, max(2, SMALL_HOST_ELEMENTS // max(vocab, 1) + 1), 3)
-        if b * vocab > SMALL_HOST_ELEMENTS
-    ]
+    if 2 <= vocab <= SMALL_VOCAB:
+        batches = [1, 2]  # the fused small path, whatever the batch
+    else:  # batches that reach torch, past the small-tensor numpy shortcut
+        batches = [
+            b
+            for b in (1, max(2, SMALL_HOST_ELEMENTS // max(vocab, 1) + 1), 3)
+            if b * vocab > SMALL_HOST_ELEMENTS
+        ]
     selector = TokenSelector()
     context = torch.inference_mode() if inference else torch.no_grad()
     with context:
