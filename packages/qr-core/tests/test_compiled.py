@@ -28,6 +28,9 @@ def fresh(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
+    # Each test starts without graphs: dynamo's caches belong to the kernels' code objects,
+    # which earlier tests (other modes, other shape classes) have compiled for already.
+    torch._dynamo.reset()
     _compiled.reset()
     yield
     _compiled.reset()
