@@ -33,3 +33,28 @@ def test_bench_processor_quick() -> None:
     ):
         assert heading in done.stdout
     assert "151936" in done.stdout
+
+
+def test_gpu_check_cpu_smoke() -> None:
+    # The GPU check, reduced, on the CPU (the processor forced onto the accelerator's
+    # path): it starts engines, and fails (exit 1) when a target is missed.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QR_")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for heading in (
+        "(1) host syncs per steady-state step",
+        "(2) entropy requests sent before the logits existed",
+        "(3) CPU recomputation",
+        "(4) ms per decode step",
+        "(5) records against tokens",
+        "(6) raw logprobs",
+    ):
+        assert heading in done.stdout
+    assert "0 target(s) missed" in done.stdout

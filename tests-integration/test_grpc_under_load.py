@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, read_records
-from qr_vllm._entropy_server import EntropyServerProcess
+from qr_vllm.demo import EntropyServerProcess
 
 pytestmark = pytest.mark.vllm
 

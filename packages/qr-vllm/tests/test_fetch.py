@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def entropy_plan(rows: int, count: int) -> EntropyPlan:
 def test_one_fetch_of_the_plans_shape_on_one_named_worker() -> None:
     source = GatedSource()
     fetcher = Fetcher(source)
-    block = fetcher.start(entropy_plan(3, 16)).result(timeout=60)
+    block = fetcher.start(entropy_plan(3, 16)).result(timeout=60).block
     assert block.data.shape == (3, 16)
     fetcher.start(entropy_plan(2, 8)).result(timeout=60)
     assert [n for n, _ in source.calls] == [48, 16]
@@ -67,7 +68,7 @@ def test_one_fetch_of_the_plans_shape_on_one_named_worker() -> None:
     fetcher.close()
     fetcher.close()  # idempotent
     # A closed fetcher starts a new worker on its next step.
-    assert fetcher.start(entropy_plan(1, 4)).result(timeout=60).data.shape == (1, 4)
+    assert fetcher.start(entropy_plan(1, 4)).result(timeout=60).block.data.shape == (1, 4)
     fetcher.close()
 
 
@@ -83,7 +84,7 @@ def test_start_returns_once_the_worker_holds_the_fetch(monkeypatch: pytest.Monke
     assert source.entered.is_set()
     assert not pending.done()
     source.gate.set()
-    assert pending.result(timeout=60).data.shape == (1, 4)
+    assert pending.result(timeout=60).block.data.shape == (1, 4)
     fetcher.close()
 
 
@@ -94,7 +95,7 @@ def test_a_failed_fetch_reaches_the_step_as_its_error() -> None:
     with pytest.raises(EntropyUnavailableError, match="unplugged"):
         fetcher.start(entropy_plan(2, 4)).result(timeout=60)
     source.down = False
-    assert fetcher.start(entropy_plan(2, 4)).result(timeout=60).data.shape == (2, 4)
+    assert fetcher.start(entropy_plan(2, 4)).result(timeout=60).block.data.shape == (2, 4)
     fetcher.close()
 
 
@@ -108,7 +109,7 @@ def test_local_fast_sources_are_read_inline_on_the_calling_thread(name: str) -> 
         assert fetcher.inline
         pending = fetcher.start(entropy_plan(3, 16))
         assert pending.done()  # read before start returned: no hand-off to a worker
-        assert pending.result().data.shape == (3, 16)
+        assert pending.result().block.data.shape == (3, 16)
         assert fetcher._executor is None
         fetcher.close()
 
@@ -160,3 +161,33 @@ def test_mixed_groups_read_their_own_bytes_of_one_flat_block() -> None:
     for row, raw in stretches.items():
         one = amp.amplify(raw.tobytes())
         assert (u[row], z[row], mean[row]) == pytest.approx((one.u, one.z_score, one.sample_mean))
+
+
+class GatedEvent:
+    """A fake logits-ready event: fires when the test says so; notes who waited on it."""
+
+    def __init__(self) -> None:
+        self.fired = threading.Event()
+        self.waiters: list[str] = []
+
+    def synchronize(self) -> None:
+        self.waiters.append(threading.current_thread().name)
+        assert self.fired.wait(60)
+
+
+def test_the_fetch_waits_on_the_fetch_thread_for_the_logits_event() -> None:
+    source = GatedSource()
+    fetcher = Fetcher(source)
+    ready = GatedEvent()
+    pending = fetcher.start(entropy_plan(2, 4), ready)
+    # The engine thread got control back while the event has not fired: nothing asked yet.
+    assert not source.calls
+    assert not pending.done()
+    fired_at = time.monotonic_ns()
+    ready.fired.set()
+    fetched = pending.result(timeout=60)
+    assert [n for n, _ in source.calls] == [8]
+    assert ready.waiters
+    assert all(name.startswith("qr-entropy") for name in ready.waiters)
+    assert fired_at <= fetched.logits_ready_ns <= fetched.requested_ns
+    fetcher.close()

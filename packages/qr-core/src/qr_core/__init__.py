@@ -28,6 +28,7 @@ from qr_core._selection import (
     SelectionResult,
     TokenSelector,
 )
+from qr_core._sync import is_sync_free, sync_free
 from qr_core.amplification import (
     DEFAULT_UNIFORM_CLAMP_EPSILON,
     POPULATION_MEAN,
@@ -91,6 +92,8 @@ __all__ = [
     "ZScoreMeanAmplifier",
     "__version__",
     "compute_shannon_entropy",
+    "is_sync_free",
     "sampling_fidelity",
+    "sync_free",
     "warm_up_compiled",
 ]

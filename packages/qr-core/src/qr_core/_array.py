@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qr_core._sync import is_sync_free
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -267,7 +269,8 @@ class Backend:
         rows, n = x.shape
         full = self.full((rows,), n, np.int64)
         # A min pass is far cheaper than a count through a boolean mask, and most rows have no -inf.
-        if not self.any(self.amin(x, 1) == float("-inf")):
+        # Asking costs a host read, which sync-free mode (`qr_core.sync_free`) does not make.
+        if not is_sync_free() and not self.any(self.amin(x, 1) == float("-inf")):
             return full
         return full - self.count(x == float("-inf"))
 
@@ -316,6 +319,10 @@ class Backend:
         """Indices that sort each row ascending."""
         return np.argsort(x, axis=-1, kind="stable").astype(np.int64, copy=False)
 
+    def row_indices(self, mask: Any) -> Any:
+        """The indices of the true entries of a ``(rows,)`` mask (one host read on accelerators)."""
+        return np.flatnonzero(mask)
+
     def take_rows(self, x: Any, mask: Any) -> Any:
         """The rows of ``x`` where ``mask`` is true (a copy)."""
         return x[mask]
@@ -333,8 +340,12 @@ SMALL_HOST_ELEMENTS = 1 << 16
 
 
 def small_host_view(x: object) -> np.ndarray | None:
-    """A zero-copy numpy view of a small float32/float64 CPU tensor, else None."""
-    if not is_torch_tensor(x):
+    """A zero-copy numpy view of a small float32/float64 CPU tensor, else None.
+
+    None in sync-free mode (`qr_core.sync_free`): CPU tensors then take the
+    accelerator's code path.
+    """
+    if not is_torch_tensor(x) or is_sync_free():
         return None
     t: Any = x
     if (

@@ -13,6 +13,7 @@ import numpy as np
 from qr_core._array import Backend
 from qr_core._compiled import compiled
 from qr_core._params import RowParams
+from qr_core._sync import is_sync_free
 
 __all__ = ["Filtered", "apply_filters", "pick"]
 
@@ -208,7 +209,7 @@ def _tail_mass(
     counted twice.
     """
     rows, n = x.shape
-    if boundary is None or not xp.any(needed):
+    if boundary is None or (not is_sync_free() and not xp.any(needed)):
         return xp.full((rows,), 0.0, xp.compute_dtype)
     work = xp.work_dtype(x)
     if xp.kind == "torch":
@@ -229,6 +230,6 @@ def _tail_mass(
 
 def _finite_count(xp: Backend, x: Any, needed: Any) -> Any:
     """How many logits of each row are finite, computed only when some row needs it."""
-    if not xp.any(needed):
+    if not is_sync_free() and not xp.any(needed):
         return xp.full((x.shape[0],), x.shape[1], np.int64)
     return xp.count_finite(x)

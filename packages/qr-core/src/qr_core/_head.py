@@ -20,6 +20,7 @@ from qr_core._errors import TokenSelectionError
 from qr_core._filters import Filtered, apply_filters, pick
 from qr_core._locate import locatable, locate_rows
 from qr_core._params import RowParams
+from qr_core._sync import is_sync_free
 
 __all__ = ["filter_rows", "finish_rows"]
 
@@ -112,6 +113,20 @@ def finish_rows(
 ) -> tuple[Any, Any, Any, Any]:
     """Pick each row's token at its u; rows the head cannot decide go round with a wider one."""
     token, rank, prob, count, retry = pick(xp, x, filtered, params.u)
+    if is_sync_free():
+        if (head + 1) * _FULL_SORT_FRACTION >= x.shape[1]:
+            return token, rank, prob, count  # a fully sorted row is always decided
+        # The step's one host read: which rows (usually none) need a wider head. As
+        # indices, the wider round reads nothing more unless it too is undecided.
+        retry = xp.row_indices(retry)
+        if retry.shape[0] == 0:
+            return token, rank, prob, count
+        logger.debug("head of %d undecided for some rows; widening it", head)
+        wider = head * _HEAD_GROWTH
+        sub = _select_rows(xp, xp.take_rows(x, retry), params.take(xp, retry), wider, check=False)
+        for out, part in zip((token, rank, prob, count), sub, strict=True):
+            xp.put_rows_(out, retry, part)
+        return token, rank, prob, count
     if not xp.any(retry):
         return token, rank, prob, count
     results = (token, rank, prob, count)

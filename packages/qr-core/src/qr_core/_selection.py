@@ -11,6 +11,7 @@ a token, so the two paths share one definition.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,6 @@ import numpy as np
 
 from qr_core._array import Backend, backend_for, is_torch_tensor, small_host_view
 from qr_core._checks import check_logits, check_row_max
-from qr_core._compiled import compiled
 from qr_core._errors import TokenSelectionError
 from qr_core._head import filter_rows, finish_rows
 from qr_core._params import (
@@ -29,7 +29,7 @@ from qr_core._params import (
     row_param,
     scalar,
 )
-from qr_core._small import fused_small
+from qr_core._small import fused_small, run_fused
 
 if TYPE_CHECKING:
     from qr_core._array import Array
@@ -217,6 +217,7 @@ class TokenSelector:
         top_p: Array | float,
         min_p: Array | float = 0.0,
         validate: bool = True,
+        host_top_k: np.ndarray | None = None,
     ) -> PreparedSelection:
         """Everything of `select_batch` that does not depend on u: candidates, order, masses.
 
@@ -232,6 +233,9 @@ class TokenSelector:
             top_p: As for `select_batch`.
             min_p: As for `select_batch`.
             validate: As for `select_batch` (u is checked by ``select``).
+            host_top_k: The rows' top-k as a host array, when the caller knows it
+                (and ``validate`` is False): the first head is sized from it
+                without reading the device, as if every row were sampled.
 
         Returns:
             The prepared selection, to be finished with ``select(u)``.
@@ -265,7 +269,10 @@ class TokenSelector:
                 self._first_head(xp, params, validate=True)
                 check_row_max(xp, xp.amax(x, 1), error=TokenSelectionError)
             return PreparedSelection(xp, x, params, 0, None, validate=validate, as_tensors=False)
-        head = self._first_head(xp, params, validate=validate)
+        if host_top_k is not None and not validate:
+            head = self._head_from_host(host_top_k)
+        else:
+            head = self._first_head(xp, params, validate=validate)
         with np.errstate(all="ignore"):  # -inf arithmetic and underflow are expected here
             filtered = filter_rows(xp, x, params, head, check=validate)
         return PreparedSelection(
@@ -284,6 +291,15 @@ class TokenSelector:
         if xp is None:
             xp = self._backends[key] = backend_for(logits)
         return xp
+
+    def _head_from_host(self, top_k: np.ndarray) -> int:
+        """The first head for rows of these top-k (0 or -1: off), all taken as sampled."""
+        if top_k.size == 0:
+            return 1
+        kmax = int(top_k.max())
+        if bool((top_k <= 0).any()):
+            return max(kmax, self.head_size)
+        return max(kmax, 1)
 
     def _first_head(self, xp: Backend, params: RowParams, *, validate: bool) -> int:
         """Validate the parameters and size the first head, with one host transfer."""
@@ -360,18 +376,10 @@ class PreparedSelection:
             bad = ~((u_rows > 0) & (u_rows < 1))
             if xp.any(bad):
                 raise_bad_value(xp, "u", bad, u_rows)
-        params = RowParams(
-            temperature=self._params.temperature,
-            top_k=self._params.top_k,
-            top_p=self._params.top_p,
-            min_p=self._params.min_p,
-            u=u_rows,
-        )
+        params = dataclasses.replace(self._params, u=u_rows)
         with np.errstate(all="ignore"):
             if self._filtered is None:
-                p, x = params, self._x
-                x = x if str(x.dtype) in ("torch.float32", "torch.float64") else x.float()
-                fused = compiled("small", x, p.temperature, p.top_k, p.top_p, p.min_p, p.u)
+                fused = run_fused(self._x, params)
                 if fused is not None:
                     return BatchSelectionResult(*fused)
                 self._head = int(self._x.shape[1])  # compiler failed: sort the rows instead

@@ -16,7 +16,7 @@ from typing import Any
 
 from qr_core._array import is_torch_tensor
 
-__all__ = ["SMALL_VOCAB", "fused_small", "select_sorted"]
+__all__ = ["SMALL_VOCAB", "fused_small", "run_fused", "select_sorted"]
 
 #: Widest row the fused small path takes.
 SMALL_VOCAB = 4096
@@ -32,6 +32,15 @@ def fused_small(logits: Any) -> bool:
     from qr_core._compiled import enabled  # noqa: PLC0415 - it compiles this module's kernel
 
     return enabled(logits.device.type)
+
+
+def run_fused(x: Any, params: Any) -> tuple[Any, Any, Any, Any] | None:
+    """`select_sorted` compiled on ``x`` with ``params`` (u included); None if it cannot run."""
+    from qr_core._compiled import compiled  # noqa: PLC0415 - it compiles select_sorted
+
+    p = params
+    x = x if str(x.dtype) in ("torch.float32", "torch.float64") else x.float()
+    return compiled("small", x, p.temperature, p.top_k, p.top_p, p.min_p, p.u)
 
 
 def select_sorted(  # noqa: PLR0917 - a compiled kernel takes its tensors positionally

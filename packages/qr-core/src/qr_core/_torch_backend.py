@@ -161,6 +161,9 @@ class TorchBackend(Backend):
     def any(self, mask: Any) -> bool:
         return bool(mask.any().item())
 
+    def row_indices(self, mask: Any) -> Any:
+        return self._torch.nonzero(mask).reshape(-1)
+
     def cumsum(self, x: Any) -> Any:
         return self._torch.cumsum(x, dim=-1)
 

@@ -52,4 +52,10 @@ def __getattr__(name: str) -> Any:
         from qr_vllm.processor import QRSamplerLogitsProcessor  # noqa: PLC0415 -- lazy by design
 
         return QRSamplerLogitsProcessor
+    if name == "build_tiny_model":
+        # Moved to qr_vllm.demo (scaffolding, not the processor's API); the old name
+        # still resolves for scripts written against 0.1.0, but is not in __all__.
+        from qr_vllm.demo import build_tiny_model  # noqa: PLC0415 -- lazy by design
+
+        return build_tiny_model
     raise AttributeError(f"module 'qr_vllm' has no attribute {name!r}")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigValidationError", "QRVllmError", "UnsupportedVllmError"]
+__all__ = [
+    "ConfigValidationError",
+    "QRVllmError",
+    "UnsupportedEngineError",
+    "UnsupportedVllmError",
+]
 
 
 class QRVllmError(Exception):
@@ -20,3 +25,7 @@ class ConfigValidationError(QRVllmError, ValueError):
 
 class UnsupportedVllmError(QRVllmError, RuntimeError):
     """The installed vLLM is outside the range this release supports (`SUPPORTED_VLLM`)."""
+
+
+class UnsupportedEngineError(QRVllmError, RuntimeError):
+    """vLLM was started with settings the processor cannot serve (it refuses to start)."""

@@ -2,10 +2,15 @@
 
 The step hands the fetch to a single worker thread and waits until the worker
 holds it, then does everything that does not need u while the source answers
-(see ARCHITECTURE.md, design note "One fetch per step, just in time"). Local
-sources that never wait on I/O (`INLINE_SOURCES`) are read inline on the
-engine thread instead: a hand-off to another thread costs more than their read
-(see ARCHITECTURE.md, design note "Compiled path").
+(see ARCHITECTURE.md, design note "One fetch per step, just in time"). The
+worker first waits for the step's logits-ready event, so on an accelerator the
+bytes are requested only once the device has finished the logits, never while
+the forward pass still runs (design note "Just-in-time on the device"); the
+engine thread never waits for that event.
+Local sources that never wait on I/O (`INLINE_SOURCES`) are read inline on
+the engine thread when the logits are on the CPU (they exist already): a
+hand-off to another thread costs more than their read (design note "Compiled
+path").
 `amplify` turns the block into one u (and its z-score and byte mean) per
 sampled row, one amplifier call per group of the plan.
 """
@@ -13,14 +18,26 @@ sampled row, one amplifier call per group of the plan.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from qr_entropy import EntropyBlock, EntropySource
 
 from qr_vllm._plan import EntropyPlan
 
-__all__ = ["FETCH_START_WAIT_S", "INLINE_SOURCES", "Fetcher", "amplify", "reads_inline"]
+__all__ = [
+    "ALREADY_READY",
+    "FETCH_START_WAIT_S",
+    "INLINE_SOURCES",
+    "Fetched",
+    "Fetcher",
+    "ReadyEvent",
+    "amplify",
+    "reads_inline",
+]
 
 #: Sources read on the engine thread: local, fast, never waiting on I/O.
 INLINE_SOURCES = frozenset({"system", "mock_uniform"})
@@ -34,6 +51,33 @@ def reads_inline(source: EntropySource) -> bool:
 
 #: How long a step waits for the fetch thread to pick its request up (see `Fetcher.start`).
 FETCH_START_WAIT_S = 0.05
+
+
+class ReadyEvent(Protocol):
+    """What marks the moment the step's logits exist (a ``torch.cuda.Event`` on CUDA)."""
+
+    def synchronize(self) -> None:
+        """Return once the logits exist."""
+
+
+class _AlreadyReady:
+    """The CPU's stand-in: logits handed to the processor on the CPU exist already."""
+
+    def synchronize(self) -> None:
+        return None
+
+
+#: The event of logits that exist when they are handed over (the CPU, tests).
+ALREADY_READY: ReadyEvent = _AlreadyReady()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A step's block with the monotonic times the fetch thread saw the logits and asked."""
+
+    block: EntropyBlock
+    logits_ready_ns: int
+    requested_ns: int
 
 
 class Fetcher:
@@ -50,15 +94,17 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
-    def start(self, plan: EntropyPlan) -> Future[EntropyBlock]:
-        """Start the fetch of ``plan``'s block; returns once the worker holds it (or soon).
+    def start(self, plan: EntropyPlan, ready: ReadyEvent = ALREADY_READY) -> Future[Fetched]:
+        """Start the fetch of ``plan``'s block once ``ready`` fires; returns once the
+        worker holds it (or soon).
 
-        An inline source is read here and now, and the returned future is done.
+        An inline source with logits that exist already (``ALREADY_READY``) is read
+        here and now, and the returned future is done.
         """
-        if self.inline:
-            done: Future[EntropyBlock] = Future()
+        if self.inline and ready is ALREADY_READY:
+            done: Future[Fetched] = Future()
             try:
-                done.set_result(self.source.fetch_block(plan.fetch_rows, plan.fetch_count))
+                done.set_result(self._run(plan.fetch_rows, plan.fetch_count, ready))
             except Exception as exc:
                 done.set_exception(exc)
             return done
@@ -68,7 +114,7 @@ class Fetcher:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-entropy")
         started = self._started
         started.clear()
-        pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count)
+        pending = self._executor.submit(self._run, plan.fetch_rows, plan.fetch_count, ready)
         # Wait until the worker holds the fetch: the step's own work (many small array
         # operations) never gives up the GIL by itself, so a worker merely woken up would
         # only get to run, and the fetch only overlap with nothing, once this thread
@@ -78,9 +124,14 @@ class Fetcher:
         started.wait(FETCH_START_WAIT_S)
         return pending
 
-    def _run(self, rows: int, count: int) -> EntropyBlock:
+    def _run(self, rows: int, count: int, ready: ReadyEvent) -> Fetched:
         self._started.set()
-        return self.source.fetch_block(rows, count)
+        # Just in time on the device's clock: the logits exist before the bytes are asked for.
+        ready.synchronize()
+        logits_ready = time.monotonic_ns()
+        requested = time.monotonic_ns()
+        block = self.source.fetch_block(rows, count)
+        return Fetched(block, logits_ready, requested)
 
     def close(self) -> None:
         """Stop the worker (after the fetch in flight, if any); a later `start` starts one."""

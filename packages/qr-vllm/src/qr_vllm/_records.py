@@ -91,6 +91,10 @@ class TokenSamplingRecord:
         config_hash: Hash of the request's resolved configuration.
         runner: vLLM model runner interface that called the processor (``v1``/``v2``).
         error: Why the request failed (empty when ``status`` is ``ok``).
+        logits_ready_ns: When the fetch thread saw the step's logits exist on their
+            device, Unix time in ns (0: no fetch).
+        entropy_requested_ns: When it then asked the source for the bytes, Unix
+            time in ns (0: no fetch); never before ``logits_ready_ns``.
     """
 
     request_serial: int
@@ -125,6 +129,8 @@ class TokenSamplingRecord:
     config_hash: str
     runner: str
     error: str
+    logits_ready_ns: int = 0
+    entropy_requested_ns: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (field order preserved)."""
@@ -133,7 +139,8 @@ class TokenSamplingRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenSamplingRecord:
         """Rebuild a record from `to_dict` output (for example one parsed JSON line)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        # Files written before the two timing fields lack them: their defaults apply.
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +184,8 @@ class StepRecords:
         fetch_latency_ns: Wall time of the fetch.
         generated_at_ns: When the bytes were produced (Unix ns).
         timestamp_ns: When the step's tokens were chosen (Unix ns).
+        logits_ready_ns: When the fetch thread saw the logits exist (Unix ns; 0: no fetch).
+        entropy_requested_ns: When it asked for the bytes (Unix ns; 0: no fetch).
     """
 
     runner: str
@@ -195,6 +204,8 @@ class StepRecords:
     fetch_latency_ns: int
     generated_at_ns: int
     timestamp_ns: int
+    logits_ready_ns: int = 0
+    entropy_requested_ns: int = 0
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -243,6 +254,8 @@ class StepRecords:
                     config_hash=info.config_hash,
                     runner=self.runner,
                     error=self.error,
+                    logits_ready_ns=self.logits_ready_ns,
+                    entropy_requested_ns=self.entropy_requested_ns,
                 )
             )
         return out

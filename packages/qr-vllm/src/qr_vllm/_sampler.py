@@ -4,16 +4,21 @@ One call of `BatchSampler.sample` per decode step:
 
 1. (runner V1) the request's repetition / frequency / presence penalties, with
    vLLM's own penalty function, on the rows that ask for them (`qr_vllm._penalties`);
-2. **one** entropy fetch of rows × sample_count bytes, requested now that every
-   row's logits exist, on the fetch thread (`qr_vllm._fetch`); meanwhile:
+2. **one** entropy fetch of rows × sample_count bytes, on the fetch thread
+   (`qr_vllm._fetch`), which first waits for the event recorded when the logits
+   were handed over, so the bytes are requested only once the logits exist on
+   their device; meanwhile:
 3. temperature and Shannon entropy for every row, through qr_core, on the
    logits' device (one call per distinct strategy), and the batched selection
    with per-row top-k / top-p / min-p up to its last step (`prepare_batch`);
 4. batched amplification of the fetched block to one u per row (host, numpy),
    and u to the device (pinned, non-blocking where the device is not the CPU);
-5. the selection's last step, the inverse CDF at u;
+5. the selection's last step, the inverse CDF at u (on an accelerator the step's
+   one host sync: whether a row needs a wider head);
 6. in-place one-hot forcing of the rows;
-7. one (rows, 6) copy back to the host for the records (`qr_vllm._emit`).
+7. one (rows, 6) copy back to the host for the records: on an accelerator a
+   non-blocking copy into a pinned ring slot that the records thread waits for
+   (`qr_vllm._device.HostRing`, `qr_vllm._emit`).
 
 The rows' plan (`qr_vllm._plan`) and its tensors (`qr_vllm._device`) are built
 when the batch changes, not per step. Under tensor parallelism rank 0 leads and
@@ -25,17 +30,27 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
 import torch
-from qr_core import TokenSelector
+from qr_core import TokenSelector, sync_free
 from qr_entropy import EntropySource, EntropyUnavailableError
 
 from qr_vllm import _failure
-from qr_vllm._device import DevicePlan, StepBuffers, as_tensor, force
-from qr_vllm._emit import RecordEmitter
-from qr_vllm._fetch import Fetcher, amplify
+from qr_vllm._device import (
+    DevicePlan,
+    HostRing,
+    StepBuffers,
+    as_tensor,
+    force,
+    logits_event,
+    warm_up,
+)
+from qr_vllm._emit import RecordEmitter, StepTimes
+from qr_vllm._fetch import Fetcher, ReadyEvent, amplify
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import BatchPlan, build_plan, plan_key
 from qr_vllm._records import DEVICE_COLUMNS, N_VALUE_COLUMNS, Column
@@ -58,6 +73,11 @@ class BatchSampler:
         runner: ``v1`` or ``v2``, copied into records.
         tp_group: vLLM's tensor-parallel group coordinator when it has more than one
             rank (see `qr_vllm._tp`), else None.
+        device_path: Take the accelerator's code path even on the CPU (tests count
+            the host syncs of that path on CPU tensors; see ARCHITECTURE.md, design
+            note "Host syncs").
+        sync_allowed: A context manager factory under which the step's deliberate
+            host syncs run (vLLM's ``gpu_sync_allowed``, for ``VLLM_GPU_SYNC_CHECK``).
     """
 
     def __init__(
@@ -69,6 +89,8 @@ class BatchSampler:
         runner: str,
         *,
         tp_group: Any | None = None,
+        device_path: bool = False,
+        sync_allowed: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         self.source = source
         self._tp = exchange_for(tp_group)
@@ -81,25 +103,55 @@ class BatchSampler:
         self.slots = SlotTable()
         self.selector = TokenSelector()
         self.failed_requests = 0
-        self._records = RecordEmitter(sampling_logger, runner, source, enabled=not self.follower)
+        self._buffers = StepBuffers(device, pin_memory, device_path=device_path)
+        #: True when the step takes the accelerator's path (no host reads of device values).
+        self.device_path = self._buffers.device_path
+        self._sync_allowed = sync_allowed
+        #: Where the step's deliberate host syncs run (vLLM's ``gpu_sync_allowed``).
+        self.sync_allowed = sync_allowed
+        self._records = RecordEmitter(
+            sampling_logger,
+            runner,
+            source,
+            enabled=not self.follower,
+            deferred=self.device_path,
+        )
+        self._ring = HostRing(device, pin_memory)
         self._fetcher = Fetcher(source)
-        self._buffers = StepBuffers(device, pin_memory)
         self._plan: DevicePlan | None = None
         self._plan_version = -1
+        self._positions: np.ndarray | None = None
+        #: Steps that rebuilt the plan (batch changes, which may sync) and steps in all.
+        self.plan_steps = 0
+        self.steps = 0
 
-    def sample(self, logits: torch.Tensor, row_slots: np.ndarray | None = None) -> None:
+    def sample(
+        self,
+        logits: torch.Tensor,
+        row_slots: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
+    ) -> None:
         """Force every qr-sampled row of ``logits`` to one-hot on its chosen token, in place.
 
         Args:
             logits: ``(rows, vocab)`` float logits of this step.
-            row_slots: The slot of each row (runner V2); None when row i is slot i (V1).
+            row_slots: The slot of each row (runner V2; -1: a row to leave alone);
+                None when row i is slot i (V1).
+            positions: Per row, the index of the token chosen now among its
+                request's output tokens (runner V2, from vLLM's sequence lengths);
+                None: each request's own count (V1).
         """
         if int(logits.shape[0]) == 0 or not self.slots:
             return
+        # Mark when the logits were handed over: the fetch waits for this, not the engine.
+        ready = logits_event(logits)
+        self.steps += 1
+        self._positions = positions
         dev = self._plan_for(logits, row_slots)
         plan = dev.plan
         if plan.failed.size:
-            self._force_failed(logits, dev)
+            with self._sync_allowed():
+                self._force_failed(logits, dev)
         if plan.sampled.size == 0:
             return
         if self.follower:
@@ -107,7 +159,7 @@ class BatchSampler:
             return
         u: torch.Tensor | None = None
         try:
-            u = self._lead(logits, dev)
+            u = self._lead(logits, dev, ready)
         except Exception as exc:
             # Nothing may take the shared engine down: see qr_vllm._failure.
             if not _failure.is_expected(exc):
@@ -116,63 +168,109 @@ class BatchSampler:
             u = None
         if self._tp is not None:
             # Every step that samples rows broadcasts, failed or not: the followers wait for it.
-            self._tp.send(u, plan.sampled.size, logits.device)
+            with self._sync_allowed():
+                self._tp.send(u, plan.sampled.size, logits.device)
+
+    def reserve(self, rows: int, vocab: int, dtype: torch.dtype) -> int:
+        """Allocate the step's scratch for ``rows`` rows of ``vocab`` logits now; its bytes.
+
+        Called at start-up with the engine's ``max_num_seqs``, so that the memory is
+        held before vLLM measures what is left for its cache. On an accelerator one
+        step's math also runs once on zero logits, so that qr_core's own scratch
+        buffers exist too (their bytes are counted through the device's allocator).
+        """
+        self._buffers.ensure(rows, torch.empty((1, vocab), dtype=dtype, device=self.device))
+        self._ring.reserve(rows)
+        if not self.device_path:
+            return self._buffers.nbytes() + self._ring.nbytes()
+        probe = torch.zeros((rows, vocab), dtype=dtype, device=self.device)
+        extra = warm_up(self.selector, probe)
+        return self._buffers.nbytes() + self._ring.nbytes() + extra
+
+    def flush_records(self) -> None:
+        """Wait until every step's records are with the logger (accelerators defer them)."""
+        self._records.flush()
 
     def close(self) -> None:
-        """Stop the fetch thread (after the fetch in flight, if any)."""
+        """Stop the fetch thread (after the fetch in flight, if any) and the records thread."""
         self._fetcher.close()
+        self._records.close()
 
     # --- the leader's and the followers' steps --------------------------------
 
-    def _lead(self, logits: torch.Tensor, dev: DevicePlan) -> torch.Tensor:
+    def _lead(self, logits: torch.Tensor, dev: DevicePlan, ready: ReadyEvent) -> torch.Tensor:
         """The leader's step (the only one without tensor parallelism); returns u on the device."""
         plan = dev.plan
         assert plan.entropy is not None
         rows = plan.sampled.size
-        sub = self._rows_logits(logits, dev)
 
-        # Just in time: every row's logits (penalties applied) exist now; this is the
-        # step's only fetch. It runs on the fetch thread while everything that does not
-        # need u is done here: temperatures, entropies, and the selection up to the
-        # inverse CDF (candidates, order, masses). A device or network round trip
-        # overlaps with that work instead of adding to it.
+        # Just in time: this is the step's only fetch. The fetch thread asks for the
+        # bytes once ``ready`` fires (the logits exist on their device), while this
+        # thread queues everything that does not need u: penalties, temperatures,
+        # entropies, and the selection up to the inverse CDF (candidates, order,
+        # masses). A device or network round trip overlaps with that work.
         started = time.monotonic_ns()
-        pending = self._fetcher.start(plan.entropy)
-        temperature, entropy = self._temperature(sub, dev)
-        prepared = self._prepare(sub, temperature, dev)
-        block = pending.result()
+        pending = self._fetcher.start(plan.entropy, ready)
+        with sync_free() if self.device_path else nullcontext():
+            sub = self._rows_logits(logits, dev)
+            temperature, entropy = self._temperature(sub, dev)
+            prepared = self._prepare(sub, temperature, dev)
+        fetched = pending.result()
+        block = fetched.block
         prov = block.provenance
         latency = prov.fetch_latency_ns or (time.monotonic_ns() - started)
 
         u, z, mean = amplify(block.data, plan.entropy)
         u_dev = self._buffers.u_to_device(u, rows)
-        sel = prepared.select(u_dev)
+        if self.device_path:
+            # The step's one host sync: whether some row needs a wider head.
+            with sync_free(), self._sync_allowed():
+                sel = prepared.select(u_dev)
+        else:
+            sel = prepared.select(u_dev)
         token_ids = as_tensor(sel.token_id, logits)
         force(logits, dev.rows, token_ids)
 
-        # One device-to-host copy for the records: the device columns, in Column order.
-        host = (
-            torch.stack(
-                [
-                    token_ids.to(torch.float64),  # Column.TOKEN_ID
-                    as_tensor(sel.token_rank, logits).to(torch.float64),  # TOKEN_RANK
-                    as_tensor(sel.token_prob, logits).to(torch.float64),  # TOKEN_PROB
-                    as_tensor(sel.num_candidates, logits).to(torch.float64),  # NUM_CANDIDATES
-                    temperature.to(torch.float64),  # TEMPERATURE
-                    entropy.to(torch.float64),  # SHANNON_ENTROPY
-                ],
-                dim=1,
-            )
-            .cpu()
-            .numpy()
+        # The device columns, in Column order.
+        stats = torch.stack(
+            [
+                token_ids.to(torch.float64),  # Column.TOKEN_ID
+                as_tensor(sel.token_rank, logits).to(torch.float64),  # TOKEN_RANK
+                as_tensor(sel.token_prob, logits).to(torch.float64),  # TOKEN_PROB
+                as_tensor(sel.num_candidates, logits).to(torch.float64),  # NUM_CANDIDATES
+                temperature.to(torch.float64),  # TEMPERATURE
+                entropy.to(torch.float64),  # SHANNON_ENTROPY
+            ],
+            dim=1,
         )
         values = np.empty((rows, N_VALUE_COLUMNS), dtype=np.float64)
-        values[:, DEVICE_COLUMNS] = host
         values[:, Column.U] = u
         values[:, Column.Z_SCORE] = z
         values[:, Column.SAMPLE_MEAN] = mean
-        self._records.sampled(plan.sampled, values, prov, latency)
+        times = StepTimes(fetched.logits_ready_ns, fetched.requested_ns)
+        seqs = self._sequence_numbers(plan.sampled.rows)
+        if self.device_path:
+            # A non-blocking copy into a pinned ring slot; the records thread waits for it.
+            self._records.sampled(
+                plan.sampled,
+                values,
+                prov,
+                latency,
+                sequence_numbers=seqs,
+                times=times,
+                pending=self._ring.put(stats),
+            )
+        else:
+            values[:, DEVICE_COLUMNS] = stats.numpy()
+            self._records.sampled(
+                plan.sampled, values, prov, latency, sequence_numbers=seqs, times=times
+            )
         return u_dev
+
+    def _sequence_numbers(self, rows: np.ndarray) -> np.ndarray | None:
+        """The rows' token indices from vLLM's state (runner V2), else None."""
+        positions = self._positions
+        return None if positions is None else positions[rows]
 
     def _follow(self, logits: torch.Tensor, dev: DevicePlan) -> None:
         """A follower's step: the leader's selection on the same logits, at the leader's u."""
@@ -181,17 +279,20 @@ class BatchSampler:
         error = _failure.LEADER_FAILED
         try:
             sub = self._rows_logits(logits, dev)
-            temperature, _ = self._temperature(sub, dev)
-            prepared = self._prepare(sub, temperature, dev)
+            with sync_free() if self.device_path else nullcontext():
+                temperature, _ = self._temperature(sub, dev)
+                prepared = self._prepare(sub, temperature, dev)
         except Exception as exc:
             logger.exception("qr-sampler follower step failed unexpectedly; failing its requests")
             error = _failure.describe(exc)
         # Always receive: the leader broadcasts for every step that samples rows.
-        u = self._tp.receive(dev.plan.sampled.size, logits.device)
+        with self._sync_allowed():
+            u = self._tp.receive(dev.plan.sampled.size, logits.device)
         try:
             if prepared is None or u is None:
                 raise EntropyUnavailableError(error)
-            sel = prepared.select(u)
+            with sync_free() if self.device_path else nullcontext(), self._sync_allowed():
+                sel = prepared.select(u)
             force(logits, dev.rows, as_tensor(sel.token_id, logits))
         except Exception as exc:
             self._fail(logits, dev, _failure.describe(exc))
@@ -227,6 +328,7 @@ class BatchSampler:
         assert dev.top_k is not None
         assert dev.top_p is not None
         assert dev.min_p is not None
+        filters = dev.plan.filters
         return self.selector.prepare_batch(
             sub,
             temperature=temperature,
@@ -236,6 +338,8 @@ class BatchSampler:
             # Every per-row value was checked at admission (validate_params) and
             # by the config model; u comes clamped from the amplifier.
             validate=False,
+            # The head is sized from the plan's top-k, not from a device read.
+            host_top_k=None if filters is None else filters.top_k,
         )
 
     def _force_failed(self, logits: torch.Tensor, dev: DevicePlan) -> None:
@@ -243,10 +347,16 @@ class BatchSampler:
         if dev.forced_rows.numel():
             force(logits, dev.forced_rows, dev.forced_tokens)
         failed = dev.plan.failed
-        self._records.failed(failed, failed.states[0].failure)
+        self._records.failed(
+            failed, failed.states[0].failure, sequence_numbers=self._sequence_numbers(failed.rows)
+        )
 
     def _fail(self, logits: torch.Tensor, dev: DevicePlan, error: str) -> None:
         """Fail the step's requests: stop tokens now, and failed rows from the next plan on."""
+        with self._sync_allowed():
+            self._fail_rows(logits, dev, error)
+
+    def _fail_rows(self, logits: torch.Tensor, dev: DevicePlan, error: str) -> None:
         sampled = dev.plan.sampled
         self.failed_requests += _failure.fail_requests(sampled.states, error)
         self.slots.changed()
@@ -254,7 +364,7 @@ class BatchSampler:
         if rows.size:
             rows_t = torch.as_tensor(rows, device=logits.device)
             force(logits, rows_t, torch.as_tensor(tokens, device=logits.device))
-        self._records.failed(sampled, error)
+        self._records.failed(sampled, error, sequence_numbers=self._sequence_numbers(sampled.rows))
 
     # --- planning (once per batch change) ------------------------------------
 
@@ -269,9 +379,17 @@ class BatchSampler:
             and dev.plan.key == key
         ):
             return dev
+        # A batch change: building the plan puts its tensors on the device (may sync).
+        self.plan_steps += 1
+        with self._sync_allowed():
+            return self._build_plan(logits, row_slots, key)
+
+    def _build_plan(
+        self, logits: torch.Tensor, row_slots: np.ndarray | None, key: bytes
+    ) -> DevicePlan:
         plan: BatchPlan = build_plan(
             self.slots,
-            n_rows,
+            int(logits.shape[0]),
             int(logits.shape[1]),
             row_slots,
             with_penalties=self.runner == "v1",

@@ -35,7 +35,9 @@ class SlotState:
         Runner V1 hands over the request's live output-token list: its length is that
         index, also when vLLM discards this step's sample (a partly prefilled prompt
         under chunked prefill), whose record then shares its number with the next
-        step's, which supersedes it. Runner V2 gives no such list: a counter.
+        step's, which supersedes it. Runner V2 gives no such list: its positions come
+        from vLLM's sequence lengths (`qr_vllm._v2`); this counter serves only where
+        they are not known (several rows per request under speculative decoding).
         """
         if self.output_ids is not None:
             return len(self.output_ids)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from qr_core import COMPILE_ENV, warm_up_compiled
 from qr_entropy import EntropySource, EntropyUnavailableError, build_entropy_source
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
@@ -36,6 +35,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2Log
 
 from qr_vllm._compat import check_vllm_version
 from qr_vllm._config import QRSamplerConfig
+from qr_vllm._guards import check_engine, reserve_scratch, sync_allowed_factory, warm_up
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._metrics import SamplerMetrics
 from qr_vllm._metrics_export import start_metrics, unregister
@@ -43,6 +43,7 @@ from qr_vllm._records import RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
 from qr_vllm._sampler import BatchSampler
 from qr_vllm._slots import SlotState
+from qr_vllm._v2 import V2Requests
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -63,6 +64,11 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         is_pin_memory: Runner V1: whether pinned host memory is available.
         config: The configuration (default: read from ``QR_*`` and ``.env``).
         source: The entropy source (default: built from ``config``).
+        device_path: Take the accelerator's code path on the CPU too (tests).
+
+    Raises:
+        UnsupportedEngineError: vLLM runs with settings the processor cannot serve
+            (batch-sharded sampling under tensor parallelism, a processed logprobs mode).
     """
 
     # Built on first use in each process that validates requests (the API server).
@@ -76,14 +82,19 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         *,
         config: QRSamplerConfig | None = None,
         source: EntropySource | None = None,
+        device_path: bool = False,
     ) -> None:
         check_vllm_version()
+        check_engine(vllm_config)
+        req_states: Any = None
         if isinstance(device_or_req_states, torch.device):
             runner, device = "v1", device_or_req_states
             pin = bool(is_pin_memory)
         else:
             runner, device = "v2", torch.device(device_or_req_states.device)
             pin = device.type == "cuda"
+            req_states = device_or_req_states
+        self._v2 = V2Requests(req_states)
         self.config = config if config is not None else QRSamplerConfig()
         self.runner = runner
         self._resolver = RequestResolver(self.config)
@@ -102,10 +113,18 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self.config.diagnostic_max_records,
         )
         self._sampler = BatchSampler(
-            self._source, self.sampling_logger, device, pin, runner, tp_group=tp_group
+            self._source,
+            self.sampling_logger,
+            device,
+            pin,
+            runner,
+            tp_group=tp_group,
+            device_path=device_path,
+            sync_allowed=sync_allowed_factory(),
         )
+        reserve_scratch(self._sampler, vllm_config, req_states)
         #: Seconds spent compiling qr_core's fast path at start (QR_COMPILE; 0 when off).
-        self.compile_s = _warm_up(vllm_config, device)
+        self.compile_s = warm_up(vllm_config, device)
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
         self._metrics: SamplerMetrics | None = None
         if not follower:
@@ -190,8 +209,16 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
     # --- runner V2 -------------------------------------------------------------
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        """Take the request entering slot ``req_idx``; False for bypass requests."""
-        state = self._new_state(sampling_params, None, None)
+        """Take the request entering slot ``req_idx``; False for bypass requests.
+
+        A request resumed after preemption (vLLM re-adds it, with its output so far
+        as part of its prefill) keeps the identity it had: see ARCHITECTURE.md,
+        design note "Runner V2 records".
+        """
+        key, resumed = self._v2.identity(req_idx, sampling_params)
+        state = self._new_state(sampling_params, None, None, info=resumed)
+        if state is not None:
+            self._v2.remember(key, state.info)
         self._sampler.slots.set_slot(req_idx, state)
         return state is not None
 
@@ -213,25 +240,36 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         if ctx is None:
             self._sampler.sample(logits)
         else:
-            mapping = ctx.idx_mapping_np
-            if int(logits.shape[0]) != len(mapping):
-                # Several rows per request (speculative decoding): the host copy of the
-                # expanded mapping costs one synchronisation.
-                mapping = ctx.expanded_idx_mapping.cpu().numpy()
-            self._sampler.sample(logits, np.asarray(mapping))
+            self._apply_v2(logits, ctx)
         if metrics is not None:
             metrics.observe_step_time((time.perf_counter_ns() - started) / 1e9)
         return logits
+
+    def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> None:
+        mapping = ctx.idx_mapping_np
+        if int(logits.shape[0]) != len(mapping):
+            # Several rows per request (speculative decoding): the host copy of the
+            # expanded mapping costs one synchronisation.
+            with self._sampler.sync_allowed():
+                mapping = ctx.expanded_idx_mapping.cpu().numpy()
+            self._sampler.sample(logits, np.asarray(mapping))
+            return
+        slots, positions = self._v2.rows(
+            np.asarray(mapping, dtype=np.int64), ctx.seq_lens_upper_bound_np
+        )
+        self._sampler.sample(logits, slots, positions)
 
     # --- introspection -----------------------------------------------------------
 
     @property
     def diagnostic_records(self) -> list[TokenSamplingRecord]:
         """Records kept in memory for requests with ``diagnostic_mode``."""
+        self._sampler.flush_records()
         return self.sampling_logger.diagnostic_records
 
     def health(self) -> dict[str, object]:
         """The source's health, record counters and failed requests."""
+        self._sampler.flush_records()
         return {
             "runner": self.runner,
             "source": self._source.health_check(),
@@ -264,8 +302,10 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         params: SamplingParams,
         prompt_ids: Sequence[int] | None,
         output_ids: Sequence[int] | None,
+        *,
+        info: RequestInfo | None = None,
     ) -> SlotState | None:
-        serial = next(self._serials)
+        serial = info.request_serial if info is not None else next(self._serials)
         failure = ""
         try:
             resolved = self._resolver.resolve(params.extra_args)
@@ -280,7 +320,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             return None
         state = SlotState(
             request=resolved,
-            info=_request_info(serial, resolved),
+            info=info if info is not None and not failure else _request_info(serial, resolved),
             stop_token=_stop_token(params),
             prompt_ids=prompt_ids,
             output_ids=output_ids,
@@ -350,17 +390,3 @@ def _penalties(params: SamplingParams) -> tuple[float, float, float] | None:
     if presence == 0.0 and frequency == 0.0 and repetition == 1.0:
         return None
     return presence, frequency, repetition
-
-
-def _warm_up(vllm_config: Any, device: torch.device) -> float:
-    """Compile qr_core's per-step kernels now, so the first request pays nothing."""
-    vocab = 32000
-    model_config = getattr(vllm_config, "model_config", None)
-    if model_config is not None:
-        vocab = int(model_config.get_vocab_size())
-    spent = warm_up_compiled(device, vocab)
-    if spent:
-        logger.info(
-            "qr-sampler compiled path ready in %.1f s (%s=off skips it)", spent, COMPILE_ENV
-        )
-    return spent
