@@ -117,10 +117,10 @@ def warm_up(vllm_config: Any, device: Any) -> float:
     Returns:
         Seconds spent (0 when the compiled path is off).
     """
-    vocab = 32000
-    model_config = getattr(vllm_config, "model_config", None)
-    if model_config is not None:
-        vocab = int(model_config.get_vocab_size())
+    # The vocabulary only picks the shape class (a batch of one row runs the numpy
+    # shortcut below 65,536 logits); sizes are symbolic, so any width of that class does.
+    get_vocab_size = getattr(getattr(vllm_config, "model_config", None), "get_vocab_size", None)
+    vocab = int(get_vocab_size()) if callable(get_vocab_size) else 32000
     spent = warm_up_compiled(device, vocab)
     if spent:
         logger.info(
