@@ -22,11 +22,12 @@ def _lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_no_thread_and_no_file_until_first_write(tmp_path: Path) -> None:
+def test_file_checked_at_start_no_thread_until_first_write(tmp_path: Path) -> None:
     before = threading.active_count()
     sink = JsonlRecordSink(tmp_path / "sub" / "r.jsonl")
     assert threading.active_count() == before
-    assert not (tmp_path / "sub").exists()
+    # The path is checked (and a missing parent created) when the sink is built.
+    assert (tmp_path / "sub" / "r.jsonl").is_file()
     assert sink.flush()
     sink.write(step(0))  # an empty step starts nothing
     assert threading.active_count() == before

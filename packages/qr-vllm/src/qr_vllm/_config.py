@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from qr_core import DEFAULT_UNIFORM_CLAMP_EPSILON, POPULATION_MEAN, POPULATION_STD
 from qr_entropy import EntropySettings
 
@@ -44,6 +45,9 @@ LogLevel = Literal["none", "summary", "full"]
 #: Longest accepted ``qr_session`` / ``qr_label``: they are copied into every record.
 MAX_TAG_LENGTH = 256
 
+#: Longest rendering of a bad value in an error message: a 400 body never echoes a large input.
+MAX_SHOWN_VALUE = 80
+
 #: Most bytes one token may ask for (1 MiB): far above any useful amplification,
 #: low enough that one request cannot make every step of the engine fetch gigabytes.
 MAX_SAMPLE_COUNT = 1024 * 1024
@@ -61,7 +65,10 @@ class QRSamplerConfig(EntropySettings):
 
     # --- sampling (per-request overridable) ---------------------------------
     signal_amplifier_type: str = Field(
-        default="zscore_mean", min_length=1, description="Amplifier name in qr_core's registry."
+        default="zscore_mean",
+        min_length=1,
+        max_length=MAX_TAG_LENGTH,
+        description="Amplifier name in qr_core's registry.",
     )
     sample_count: int = Field(
         default=20480, ge=1, le=MAX_SAMPLE_COUNT, description="Entropy bytes fetched per token."
@@ -82,7 +89,10 @@ class QRSamplerConfig(EntropySettings):
         description="u is clamped to [epsilon, 1 - epsilon].",
     )
     temperature_strategy: str = Field(
-        default="fixed", min_length=1, description="Temperature strategy name: fixed or edt."
+        default="fixed",
+        min_length=1,
+        max_length=MAX_TAG_LENGTH,
+        description="Temperature strategy name: fixed or edt.",
     )
     fixed_temperature: float = Field(
         default=0.7, ge=0.0, le=100.0, description="Temperature of the fixed strategy (0: greedy)."
@@ -134,6 +144,18 @@ class QRSamplerConfig(EntropySettings):
     )
     diagnostic_max_records: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Records kept in memory at most."
+    )
+    failure_stop_token_id: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "A token the model never needs (a reserved special token): admission adds it to "
+            "every qr-sampled request's stop_token_ids, no request ever chooses it, and a "
+            "request the plugin must fail is ended with it, so that the response says "
+            "finish_reason=stop with stop_reason equal to this id. Unset: a failed request "
+            "is ended with its own stop token, and in fallback mode 'error' a request with "
+            "ignore_eos and no stop_token_ids is refused at admission."
+        ),
     )
     metrics_port: int = Field(
         default=0,
@@ -217,6 +239,13 @@ def is_infrastructure(field: str) -> bool:
     return field in INFRASTRUCTURE_FIELDS or field.startswith(TRANSPORT_PREFIXES)
 
 
+# Per-request fields that hold a number (int or float): a JSON boolean is refused for them.
+_NUMBER_FIELDS: frozenset[str] = frozenset(
+    name
+    for name in PER_REQUEST_FIELDS
+    if QRSamplerConfig.model_fields[name].annotation in (int, float)
+)
+
 # Fields that do not change how a token is chosen; left out of the hash so that
 # records of one study share a config hash across sessions, labels and log files.
 _HASH_EXCLUDED = frozenset(
@@ -257,14 +286,15 @@ def request_overrides(extra_args: Mapping[str, Any] | None) -> dict[str, Any]:
             overrides[field] = value
         elif is_infrastructure(field):
             raise ConfigValidationError(
-                f"extra_args key {key!r} is not allowed per request: {field} is an "
-                f"infrastructure setting, set it with the environment variable "
-                f"QR_{field.upper()} on the server"
+                f"extra_args key {shown(key)} is not allowed per request: {_env_name(field)} "
+                f"is an infrastructure setting, set it with the environment variable "
+                f"{_env_name(field, 'QR_')} on the server"
             )
         else:
             allowed = ", ".join(sorted(EXTRA_ARGS_PREFIX + name for name in PER_REQUEST_FIELDS))
             raise ConfigValidationError(
-                f"unknown extra_args key {key!r} (value {value!r}); allowed qr_ keys: {allowed}"
+                f"unknown extra_args key {shown(key)} (value {shown(value)}); "
+                f"allowed qr_ keys: {allowed}"
             )
     return overrides
 
@@ -294,16 +324,42 @@ def resolve_config(
         # string for a bool; a list or dict is never a valid setting.
         if isinstance(value, list | dict | tuple):
             raise ConfigValidationError(
-                f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={value!r} is not allowed: "
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field!s}={shown(value)} is not allowed: "
                 "expected a single value, not a collection"
+            )
+        # JSON true/false is a bool, and a bool is an int in Python: pydantic would take
+        # qr_sample_count=true as 1 byte. A number field wants a JSON number.
+        if isinstance(value, bool) and field in _NUMBER_FIELDS:
+            raise ConfigValidationError(
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={value!r} is not allowed: "
+                f"expected a number, not a boolean"
             )
     merged = defaults.model_dump()
     merged.update(overrides)
     try:
-        # model_validate does not re-read the environment: the defaults already hold it.
-        return QRSamplerConfig.model_validate(merged)
+        # Validated without the settings sources: the defaults already hold the
+        # environment, and reading it (and .env) again per request cost ~15 ms.
+        checked = _RequestConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigValidationError(_describe(exc, overrides)) from exc
+    return QRSamplerConfig.model_construct(
+        _fields_set=set(checked.model_fields_set), **dict(checked)
+    )
+
+
+class _RequestConfig(QRSamplerConfig):
+    """`QRSamplerConfig` validated from its arguments only (no environment, no .env)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 def _describe(exc: ValidationError, overrides: Mapping[str, Any]) -> str:
@@ -313,14 +369,27 @@ def _describe(exc: ValidationError, overrides: Mapping[str, Any]) -> str:
         field = str(loc[0]) if loc else ""
         if field in overrides:
             problems.append(
-                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={overrides[field]!r} is not "
+                f"extra_args key {EXTRA_ARGS_PREFIX}{field}={shown(overrides[field])} is not "
                 f"allowed: {error['msg']}"
             )
         else:
             # A cross-field rule (edt range, sample_count vs max_request_bytes).
-            given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={v!r}" for k, v in overrides.items())
+            given = ", ".join(f"{EXTRA_ARGS_PREFIX}{k}={shown(v)}" for k, v in overrides.items())
             problems.append(f"extra_args {given} are not allowed together: {error['msg']}")
     return "; ".join(problems)
+
+
+def _env_name(field: str, prefix: str = "") -> str:
+    name = prefix + (field.upper() if prefix else field)
+    return name if len(name) <= MAX_SHOWN_VALUE else shown(name)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to `MAX_SHOWN_VALUE` characters for error messages."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN_VALUE:
+        return text
+    return f"{text[: MAX_SHOWN_VALUE - 3]}... ({len(text)} characters)"
 
 
 def config_hash(config: QRSamplerConfig) -> str:

@@ -29,7 +29,13 @@ from qr_vllm._logger import SamplingLogger
 from qr_vllm._plan import RowSet
 from qr_vllm._records import DEVICE_COLUMNS, Column, RecordStatus, StepRecords
 
-__all__ = ["PendingStats", "RecordEmitter", "StepTimes"]
+__all__ = ["LEFT_TO_VLLM", "PendingStats", "RecordEmitter", "StepTimes"]
+
+#: Appended to the error of a failed row that had no stop token to be ended with.
+LEFT_TO_VLLM = (
+    "; the request has no stop token, so vLLM's own sampler chose this token (not the "
+    "configured entropy)"
+)
 
 
 class PendingStats(Protocol):
@@ -119,17 +125,35 @@ class RecordEmitter:
     def failed(
         self, rows: RowSet, error: str, *, sequence_numbers: np.ndarray | None = None
     ) -> None:
-        """Records of failed rows: each with its request's stop token (-1: none)."""
+        """Records of failed rows: each with the stop token forced to end its request.
+
+        A row whose request has no stop token was left to vLLM's own sampler: its
+        record says so in ``error`` and has ``token_id`` null (the plugin does not
+        learn which token vLLM chose).
+        """
         if not self.enabled:
             return
         seqs = self._sequence_numbers(rows, sequence_numbers)
         clock = (time.time_ns(), time.monotonic_ns())
         tokens = stop_tokens(rows.states)
-        self._run(
-            lambda: self._emit(
-                rows, seqs, clock, None, tokens, prov=None, status="failed", error=error
-            )
-        )
+        parts = [(rows, seqs, tokens, error)]
+        if not bool((tokens >= 0).all()):
+            parts = []
+            for keep, why in ((tokens >= 0, error), (tokens < 0, error + LEFT_TO_VLLM)):
+                idx = np.flatnonzero(keep)
+                if idx.size:
+                    sub = RowSet(
+                        rows.rows[idx], tuple(rows.states[i] for i in idx), rows.slot_ids[idx]
+                    )
+                    parts.append((sub, seqs[idx], tokens[idx], why))
+
+        def emit() -> None:
+            for part, part_seqs, part_tokens, why in parts:
+                self._emit(
+                    part, part_seqs, clock, None, part_tokens, prov=None, status="failed", error=why
+                )
+
+        self._run(emit)
 
     def flush(self) -> None:
         """Wait until every step handed over so far is with the logger."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigValidationError",
     "QRVllmError",
+    "RecordsPathError",
     "UnsupportedEngineError",
     "UnsupportedVllmError",
 ]
@@ -25,6 +26,13 @@ class ConfigValidationError(QRVllmError, ValueError):
 
 class UnsupportedVllmError(QRVllmError, RuntimeError):
     """The installed vLLM is outside the range this release supports (`SUPPORTED_VLLM`)."""
+
+
+class RecordsPathError(QRVllmError, RuntimeError):
+    """``QR_RECORDS_PATH`` cannot be written: the processor (and so the engine) does not start.
+
+    The message names the path and the reason (a directory, read-only, no parent).
+    """
 
 
 class UnsupportedEngineError(QRVllmError, RuntimeError):

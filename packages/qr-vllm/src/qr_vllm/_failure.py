@@ -4,7 +4,9 @@ Nothing may take the shared engine down (see ARCHITECTURE.md, design note
 "Failing requests, not the engine"): with no fallback (``QR_FALLBACK_MODE=error``)
 an unavailable source fails the step's requests. A failed request keeps its
 slot; from then on each of its rows is forced to the request's stop token (when
-it has one) so that vLLM ends it, and the engine keeps serving the others.
+it has one) so that vLLM ends it, and the engine keeps serving the others. The
+stop token is ``QR_FAILURE_STOP_TOKEN_ID`` when admission gave it to the request,
+so that the response shows the failure (see `qr_vllm._admission`).
 """
 
 from __future__ import annotations
@@ -50,15 +52,27 @@ def fail_requests(states: Sequence[SlotState], error: str) -> int:
             continue
         state.failure = error
         count += 1
-        logger.error(
-            "request %d (session=%r label=%r) failed: no entropy for its token (%s); "
-            "ending it with its stop token %d",
-            state.info.request_serial,
-            state.info.session,
-            state.info.label,
-            error,
-            state.stop_token,
-        )
+        if state.stop_token >= 0:
+            logger.error(
+                "request %d (session=%r label=%r) failed: no entropy for its token (%s); "
+                "ending it with stop token %d",
+                state.info.request_serial,
+                state.info.session,
+                state.info.label,
+                error,
+                state.stop_token,
+            )
+        else:
+            logger.error(
+                "request %d (session=%r label=%r) failed: no entropy for its token (%s); "
+                "it has no stop token, so vLLM's own sampler chooses its remaining tokens, "
+                "each recorded as failed with token_id null (set QR_FAILURE_STOP_TOKEN_ID "
+                "to end such requests)",
+                state.info.request_serial,
+                state.info.session,
+                state.info.label,
+                error,
+            )
     return count
 
 

@@ -13,6 +13,11 @@ hand-off to another thread costs more than their read (design note "Compiled
 path").
 `amplify` turns the block into one u (and its z-score and byte mean) per
 sampled row, one amplifier call per group of the plan.
+
+A step's block larger than the source's ``max_request_bytes`` is fetched as
+several reads that each fit (`fetch_within`), so that the sum of the batch's
+requests never fails or degrades any of them (see ARCHITECTURE.md, design note
+"A step's fetch fits the source").
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from qr_entropy import EntropyBlock, EntropySource
+from qr_entropy import EntropyBlock, EntropySource, HealthStatus, Provenance
 
 from qr_vllm._plan import EntropyPlan
 
@@ -36,6 +41,7 @@ __all__ = [
     "Fetcher",
     "ReadyEvent",
     "amplify",
+    "fetch_within",
     "reads_inline",
 ]
 
@@ -130,7 +136,7 @@ class Fetcher:
         ready.synchronize()
         logits_ready = time.monotonic_ns()
         requested = time.monotonic_ns()
-        block = self.source.fetch_block(rows, count)
+        block = fetch_within(self.source, rows, count)
         return Fetched(block, logits_ready, requested)
 
     def close(self) -> None:
@@ -138,6 +144,53 @@ class Fetcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def fetch_within(source: EntropySource, rows: int, count: int) -> EntropyBlock:
+    """A (rows, count) block read in as few fetches as fit ``source.max_request_bytes``.
+
+    One read when the block fits. Otherwise whole rows per read when a row fits
+    (a request's ``sample_count`` never exceeds the limit: the configuration
+    refuses it), else equal stretches of the one-row block. The provenance is the
+    most cautious of the parts: fallback when any part came from the fallback.
+    """
+    limit = max(1, int(source.max_request_bytes))
+    if rows * count <= limit:
+        return source.fetch_block(rows, count)
+    parts: list[EntropyBlock] = []
+    if count <= limit:
+        per = limit // count
+        for start in range(0, rows, per):
+            parts.append(source.fetch_block(min(per, rows - start), count))
+        data = np.concatenate([part.data for part in parts], axis=0)
+    else:
+        flat = rows * count
+        for start in range(0, flat, limit):
+            parts.append(source.fetch_block(1, min(limit, flat - start)))
+        data = np.concatenate([part.data.reshape(-1) for part in parts]).reshape(rows, count)
+    data.flags.writeable = False
+    return EntropyBlock(data=data, provenance=_merged(parts))
+
+
+def _merged(parts: list[EntropyBlock]) -> Provenance:
+    provs = [part.provenance for part in parts]
+    fallback = next((p for p in provs if p.is_fallback), None)
+    lead = fallback if fallback is not None else provs[0]
+    if all(p.health == HealthStatus.OK for p in provs):
+        health = HealthStatus.OK
+    elif any(p.health == HealthStatus.FAILED for p in provs):
+        health = HealthStatus.FAILED
+    else:
+        health = HealthStatus.NOT_TESTED
+    return Provenance(
+        source=lead.source,
+        is_fallback=fallback is not None,
+        generated_at_ns=min(p.generated_at_ns for p in provs),
+        health=health,
+        device_id=lead.device_id,
+        fetch_latency_ns=sum(p.fetch_latency_ns for p in provs),
+        fallback_reason=lead.fallback_reason,
+    )
 
 
 def amplify(data: np.ndarray, plan: EntropyPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -133,6 +133,15 @@ class SamplingLogger:
             out["records"] = self.sink.stats()
         return out
 
+    def record_counts(self) -> dict[str, int]:
+        """Records written, dropped, steps queued and write errors of the records file.
+
+        All zero when no records file is configured (see `JsonlRecordSink.counts`).
+        """
+        if self.sink is None:
+            return {"written": 0, "dropped": 0, "queued": 0, "write_errors": 0}
+        return self.sink.counts()
+
     def close(self) -> None:
         """Flush and close the records file."""
         if self.sink is not None:

@@ -65,7 +65,8 @@ class TokenSamplingRecord:
         status: ``ok``, or ``failed`` when no entropy could be had and the request
             was ended (``QR_FALLBACK_MODE=error``).
         token_id: The token emitted (for a failed request, the stop token forced to
-            end it; -1 when the row was left to vLLM because it had no stop token).
+            end it; null when the request had no stop token and vLLM's own sampler
+            chose the token, which ``error`` then says).
         token_rank: Rank of the token in the filtered distribution (0 = most probable).
         token_prob: Its probability after temperature, filters and renormalisation.
         num_candidates: Tokens left after top-k, top-p and min-p.
@@ -103,7 +104,7 @@ class TokenSamplingRecord:
     session: str
     label: str
     status: RecordStatus
-    token_id: int
+    token_id: int | None
     token_rank: int | None
     token_prob: float | None
     num_candidates: int | None
@@ -173,7 +174,8 @@ class StepRecords:
         values: ``(rows, N_VALUE_COLUMNS)`` float64, one `Column` each: token id,
             rank, probability, candidates, temperature, entropy, u, z, mean. None
             for a failed step.
-        token_ids: Per row, the token emitted (for failed rows, the forced stop token).
+        token_ids: Per row, the token emitted (for failed rows, the forced stop token;
+            -1 for a row left to vLLM, written as null).
         status: ``ok`` or ``failed``.
         error: The failure (empty when ok).
         entropy_source: Source that produced the bytes.
@@ -228,7 +230,7 @@ class StepRecords:
                     session=info.session,
                     label=info.label,
                     status=self.status,
-                    token_id=int(tokens[i]),
+                    token_id=int(tokens[i]) if tokens[i] >= 0 else None,
                     token_rank=None if row is None else int(row[_RANK]),
                     token_prob=None if row is None else _finite(row[_PROB]),
                     num_candidates=None if row is None else int(row[_CANDIDATES]),

@@ -5,6 +5,11 @@ the same arguments share the result), so a request costs nothing per step.
 Components (temperature strategy, amplifier) are shared between configurations
 that give them the same constructor arguments, so rows of requests that differ
 only in top-k, say, still run in one batched call.
+
+Both caches are bounded (least recently used entries are dropped): a client that
+sends a new value with every request costs a resolution each time, never memory
+without bound, in the API server (admission) as in the engine. See
+ARCHITECTURE.md, design note "Bounded admission caches".
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from qr_vllm._errors import ConfigValidationError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RequestResolver", "ResolvedRequest"]
+__all__ = ["MAX_CACHED_COMPONENTS", "MAX_CACHED_REQUESTS", "RequestResolver", "ResolvedRequest"]
+
+#: Distinct ``qr_*`` argument sets whose resolution is kept.
+MAX_CACHED_REQUESTS = 1024
+#: Distinct components (strategy or amplifier with its constructor arguments) kept.
+MAX_CACHED_COMPONENTS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +67,29 @@ class RequestResolver:
     Args:
         defaults: The server's configuration.
         max_cached: Distinct argument sets kept (least recently used are dropped).
+        max_components: Distinct components kept (least recently used are dropped;
+            a request that holds one keeps it alive, it is only no longer shared).
     """
 
-    def __init__(self, defaults: QRSamplerConfig, max_cached: int = 1024) -> None:
+    def __init__(
+        self,
+        defaults: QRSamplerConfig,
+        max_cached: int = MAX_CACHED_REQUESTS,
+        max_components: int = MAX_CACHED_COMPONENTS,
+    ) -> None:
+        if max_cached < 1 or max_components < 1:
+            raise ValueError(
+                f"max_cached={max_cached} and max_components={max_components} must be >= 1"
+            )
         self.defaults = defaults
         self._max_cached = max_cached
+        self._max_components = max_components
         self._cache: OrderedDict[Any, ResolvedRequest] = OrderedDict()
-        self._components: dict[Any, Any] = {}
+        self._components: OrderedDict[Any, Any] = OrderedDict()
+
+    def cache_sizes(self) -> tuple[int, int]:
+        """(argument sets, components) held now; never above the bounds."""
+        return len(self._cache), len(self._components)
 
     def resolve(self, extra_args: Mapping[str, Any] | None) -> ResolvedRequest:
         """The resolved request for ``extra_args``.
@@ -106,7 +132,9 @@ class RequestResolver:
         relevant = tuple(sorted((k, _freeze(params[k])) for k in accepted if k in params))
         key = (registry.__name__, name, relevant)
         component = self._components.get(key)
-        if component is None:
+        if component is not None:
+            self._components.move_to_end(key)
+        else:
             try:
                 component = registry.build(name, **params)
             except QRCoreError as exc:
@@ -114,4 +142,6 @@ class RequestResolver:
                     f"{field}={name!r} refused its parameters {dict(relevant)}: {exc}"
                 ) from exc
             self._components[key] = component
+            if len(self._components) > self._max_components:
+                self._components.popitem(last=False)
         return component

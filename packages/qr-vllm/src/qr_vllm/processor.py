@@ -33,16 +33,19 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2LogitsProcessor
 
+from qr_vllm._admission import admit, failure_token_for, stop_token
 from qr_vllm._compat import check_vllm_version
 from qr_vllm._config import QRSamplerConfig
 from qr_vllm._guards import check_engine, reserve_scratch, sync_allowed_factory, warm_up
 from qr_vllm._logger import SamplingLogger
+from qr_vllm._logging import attach_to_vllm_logging
 from qr_vllm._metrics import SamplerMetrics
 from qr_vllm._metrics_export import start_metrics, unregister
 from qr_vllm._records import RequestInfo, TokenSamplingRecord
 from qr_vllm._resolve import RequestResolver, ResolvedRequest
 from qr_vllm._sampler import BatchSampler
 from qr_vllm._slots import SlotState
+from qr_vllm._startup import check_failure_token, check_source
 from qr_vllm._v2 import V2Requests
 
 if TYPE_CHECKING:
@@ -85,6 +88,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         device_path: bool = False,
     ) -> None:
         check_vllm_version()
+        attach_to_vllm_logging()
         check_engine(vllm_config)
         req_states: Any = None
         if isinstance(device_or_req_states, torch.device):
@@ -97,6 +101,8 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self._v2 = V2Requests(req_states)
         self.config = config if config is not None else QRSamplerConfig()
         self.runner = runner
+        check_failure_token(self.config, vllm_config)
+        self._reserved = self.config.failure_stop_token_id
         self._resolver = RequestResolver(self.config)
         tp_group = _tensor_parallel_group()
         # Under tensor parallelism only rank 0 draws entropy and writes records; the
@@ -106,12 +112,19 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             self._source: EntropySource = _LeaderDrawsSource()
         else:
             self._source = source if source is not None else build_entropy_source(self.config)
-        self.sampling_logger = SamplingLogger(
-            "none" if follower else self.config.log_level,
-            None if follower else self.config.records_path,
-            self.config.records_queue_steps,
-            self.config.diagnostic_max_records,
-        )
+        try:
+            if not follower:
+                check_source(self._source, self.config.fallback_mode)
+            # Opens the records file: a path that cannot be written stops the start here.
+            self.sampling_logger = SamplingLogger(
+                "none" if follower else self.config.log_level,
+                None if follower else self.config.records_path,
+                self.config.records_queue_steps,
+                self.config.diagnostic_max_records,
+            )
+        except BaseException:
+            self._source.close()
+            raise
         self._sampler = BatchSampler(
             self._source,
             self.sampling_logger,
@@ -172,14 +185,18 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         """Refuse a request whose ``qr_*`` arguments are bad (HTTP 400, engine untouched).
 
+        Also makes the request endable on failure (`qr_vllm._admission.admit`).
+
         Raises:
             ConfigValidationError: A ValueError naming the key, the value and what is allowed.
         """
         resolver = cls._admission_resolver
         if resolver is None:
+            attach_to_vllm_logging()
             resolver = RequestResolver(QRSamplerConfig())
             cls._admission_resolver = resolver
-        resolver.resolve(sampling_params.extra_args)
+        resolved = resolver.resolve(sampling_params.extra_args)
+        admit(sampling_params, resolved.config)
 
     # --- runner V1 -------------------------------------------------------------
 
@@ -237,6 +254,8 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         """
         metrics = self._metrics
         started = time.perf_counter_ns() if metrics is not None else 0
+        if self._reserved is not None:  # see ARCHITECTURE.md, design note "Visible failure"
+            logits[:, self._reserved] = float("-inf")  # no request chooses it; failures force it
         if ctx is None:
             self._sampler.sample(logits)
         else:
@@ -321,7 +340,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         state = SlotState(
             request=resolved,
             info=info if info is not None and not failure else _request_info(serial, resolved),
-            stop_token=_stop_token(params),
+            stop_token=stop_token(params, failure_token_for(config, params)),
             prompt_ids=prompt_ids,
             output_ids=output_ids,
             penalties=_penalties(params) if self.runner == "v1" else None,
@@ -371,16 +390,6 @@ def _request_info(serial: int, resolved: ResolvedRequest) -> RequestInfo:
         log_full=config.log_level == "full",
         diagnostic=config.diagnostic_mode,
     )
-
-
-def _stop_token(params: SamplingParams) -> int:
-    """The token that ends the request when it fails (-1: none known)."""
-    eos = params.eos_token_id
-    if eos is not None and not params.ignore_eos:
-        return int(eos)
-    if params.stop_token_ids:
-        return int(params.stop_token_ids[0])
-    return int(eos) if eos is not None else -1
 
 
 def _penalties(params: SamplingParams) -> tuple[float, float, float] | None:
