@@ -136,8 +136,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             sync_allowed=sync_allowed_factory(),
         )
         reserve_scratch(self._sampler, vllm_config, req_states)
-        #: Seconds spent compiling qr_core's fast path at start (QR_COMPILE; 0 when off).
-        self.compile_s = warm_up(vllm_config, device)
+        self.compile_s = warm_up(vllm_config, device)  # seconds compiling (QR_COMPILE)
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
         self._metrics: SamplerMetrics | None = None
         if not follower:
