@@ -203,6 +203,7 @@ def warm_up(device: Any, vocab: int, dtype: Any = None, *, inference: bool = Tru
     import torch  # noqa: PLC0415
 
     from qr_core._array import SMALL_HOST_ELEMENTS  # noqa: PLC0415
+    from qr_core._locate import BUCKET_WIDTH, BUCKETS  # noqa: PLC0415
     from qr_core._selection import TokenSelector  # noqa: PLC0415
     from qr_core.temperature import EDTTemperatureStrategy  # noqa: PLC0415
 
@@ -228,4 +229,12 @@ def warm_up(device: Any, vocab: int, dtype: Any = None, *, inference: bool = Tru
                 selector.select_batch(
                     logits, temperature=temps, top_k=0, top_p=1.0, u=u, validate=False
                 )
+        if vocab > SMALL_VOCAB:
+            # Retries and located rows run the kernels on one-row subsets of any batch.
+            one = (torch.randn(1, vocab, generator=gen) * 3).to(device, dtype or torch.float32)
+            work = torch.float64 if one.dtype == torch.float64 else torch.float32
+            top, inv_t = one.amax(1).to(work), torch.ones(1, dtype=work, device=one.device)
+            compiled("entropy", one)
+            compiled("tail", one, top, inv_t, top - 1.0)
+            compiled("buckets", one, top, inv_t, BUCKET_WIDTH, BUCKETS)
     return time.perf_counter() - started

@@ -22,12 +22,14 @@ import numpy as np
 from qr_core._array import Backend
 from qr_core._params import RowParams
 
-__all__ = ["BUCKETS", "locatable", "locate_rows"]
+__all__ = ["BUCKETS", "BUCKET_WIDTH", "locatable", "locate_rows"]
 
 #: Buckets per row; the last one is the far tail.
 BUCKETS = 1024
 #: Width in ``(top - logit) / T`` covered by the ordinary buckets.
 _SPAN = 32.0
+#: Width of one bucket in ``(top - logit) / T``.
+BUCKET_WIDTH = _SPAN / (BUCKETS - 1)
 
 
 def locatable(xp: Backend, params: RowParams) -> Any:
@@ -52,7 +54,7 @@ def locate_rows(xp: Backend, x: Any, params: RowParams) -> tuple[Any, Any, Any, 
     work = xp.work_dtype(x)
     top = xp.to_compute(xp.amax(x, 1))
     inv_t = 1.0 / params.temperature
-    width = _SPAN / (BUCKETS - 1)
+    width = BUCKET_WIDTH
     # One fused pass where a compiler is available (qr_core._compiled), else a few eager ones.
     bucket, mass = xp.bucket_mass(x, xp.asarray(top, work), xp.asarray(inv_t, work), width, BUCKETS)
     mass = xp.to_compute(mass)
