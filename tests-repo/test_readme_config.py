@@ -25,6 +25,7 @@ OTHER_QR_VARIABLES = {
     "QR_SERVER_SOURCE",
     "QR_SERVER_DEVICE_ID",
     "QR_ALLOW_UNSUPPORTED_VLLM",  # qr_vllm._compat: start on an untested vLLM
+    "QR_COMPILE",  # qr_core._compiled: the compiled fast path (auto, on, off)
     "QR_VLLM_VENV",  # scripts/vllm-env
     "QR_VLLM_DIST",
     "QR_VLLM_VERSION",

@@ -28,16 +28,26 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 
-@pytest.fixture(autouse=True, scope="module", params=["torch-ops", "small-numpy-views"])
-def host_path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test runs twice: once with torch operations throughout (small CPU tensors
-    forced off the numpy shortcut), once with the default shortcut for small CPU tensors."""
-    from qr_core import _array
+@pytest.fixture(autouse=True, scope="module", params=["torch-ops", "compiled", "small-numpy-views"])
+def host_path(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Every test runs three times: with eager torch operations throughout (small CPU
+    tensors forced off the numpy shortcut, QR_COMPILE=off), the same with the compiled
+    path (QR_COMPILE=on, Inductor's cache in a temp dir), and with the default shortcut
+    for small CPU tensors."""
+    from qr_core import _array, _compiled
 
     with pytest.MonkeyPatch.context() as patch:
-        if request.param == "torch-ops":
+        if request.param != "small-numpy-views":
             patch.setattr(_array, "SMALL_HOST_ELEMENTS", -1)
+        patch.setenv("QR_COMPILE", "on" if request.param == "compiled" else "off")
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
+        _compiled.reset()
         yield str(request.param)
+        # The compiled runs must really have compiled, not fallen back to eager.
+        assert "failed:cpu" not in _compiled._state, _compiled._state.get("failed:cpu")
+        _compiled.reset()
 
 
 def to_numpy(x: object) -> np.ndarray:

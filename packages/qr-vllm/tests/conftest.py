@@ -17,3 +17,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "ignore::UserWarning:torch.*",
     ):
         config.addinivalue_line("filterwarnings", line)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _inductor_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """qr_core's compiled path (QR_COMPILE) keeps Inductor's cache here, not in /tmp."""
+    import os
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))

@@ -99,6 +99,41 @@ def test_a_failed_fetch_reaches_the_step_as_its_error() -> None:
     fetcher.close()
 
 
+@pytest.mark.parametrize("name", ["system", "mock_uniform"])
+def test_local_fast_sources_are_read_inline_on_the_calling_thread(name: str) -> None:
+    from qr_entropy import EntropySourceRegistry, FallbackEntropySource
+
+    source = EntropySourceRegistry.get(name)()
+    for wrapped in (source, FallbackEntropySource(source, EntropySourceRegistry.get("system")())):
+        fetcher = Fetcher(wrapped)
+        assert fetcher.inline
+        pending = fetcher.start(entropy_plan(3, 16))
+        assert pending.done()  # read before start returned: no hand-off to a worker
+        assert pending.result().block.data.shape == (3, 16)
+        assert fetcher._executor is None
+        fetcher.close()
+
+
+def test_an_inline_read_that_fails_reaches_the_step_as_its_error() -> None:
+    class DownSystem(GatedSource):
+        @property
+        def name(self) -> str:
+            return "system"
+
+    source = DownSystem()
+    source.down = True
+    fetcher = Fetcher(source)
+    assert fetcher.inline
+    pending = fetcher.start(entropy_plan(2, 4))
+    assert [name for _, name in source.calls] == [threading.current_thread().name]
+    with pytest.raises(EntropyUnavailableError, match="unplugged"):
+        pending.result(timeout=60)
+
+
+def test_sources_that_wait_on_io_keep_the_fetch_thread() -> None:
+    assert not Fetcher(GatedSource()).inline
+
+
 def test_uniform_block_is_amplified_row_by_row() -> None:
     plan = entropy_plan(4, 32)
     data = np.random.default_rng(1).integers(0, 256, (4, 32), dtype=np.uint8)

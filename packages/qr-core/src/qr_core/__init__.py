@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from importlib.metadata import version as _version
 
+from qr_core._compiled import COMPILE_ENV
+from qr_core._compiled import warm_up as warm_up_compiled
 from qr_core._errors import (
     ComponentLoadError,
     QRCoreError,
@@ -57,6 +59,7 @@ from qr_core.temperature import (
 __version__ = _version("qr-core")
 
 __all__ = [
+    "COMPILE_ENV",
     "DEFAULT_AMPLIFIER",
     "DEFAULT_HEAD_SIZE",
     "DEFAULT_UNIFORM_CLAMP_EPSILON",
@@ -92,4 +95,5 @@ __all__ = [
     "is_sync_free",
     "sampling_fidelity",
     "sync_free",
+    "warm_up_compiled",
 ]

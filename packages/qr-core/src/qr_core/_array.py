@@ -195,6 +195,20 @@ class Backend:
         np.exp(out, out=out)
         return out
 
+    def bucket_mass(
+        self, x: Any, top: Any, inv_t: Any, width: float, buckets: int
+    ) -> tuple[Any, Any]:
+        """Each entry's bucket ``min((top - x) * inv_t / width, buckets - 1)`` (int64; ``-inf``
+        goes to the last), and per row the sum of ``exp((x - top) * inv_t)`` in each bucket."""
+        rows = x.shape[0]
+        with np.errstate(all="ignore"):
+            d = (top[:, None] - x) * inv_t[:, None]
+            z = np.exp(-d)
+            bucket = np.minimum(d * (1.0 / width), buckets - 1).astype(np.int64)
+        offsets = np.arange(rows, dtype=np.int64)[:, None] * buckets
+        flat = np.bincount((bucket + offsets).ravel(), weights=z.ravel(), minlength=rows * buckets)
+        return bucket, flat.reshape(rows, buckets)
+
     def to_host_list(self, x: Any) -> list[Any]:
         """Python scalars (one transfer for a torch tensor on an accelerator)."""
         return list(x.tolist())

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from qr_core._array import Backend
+from qr_core._compiled import compiled
 from qr_core._params import RowParams
 from qr_core._sync import is_sync_free
 
@@ -108,7 +109,14 @@ def apply_filters(
     cum = xp.cumsum(z)
     needs_tail = ~k_on & ~m_on & ~tail_empty
     tail = _tail_mass(
-        xp, x, top=head[:, 0], temp=temp, ids=ids, valid=valid, needed=needs_tail & ~greedy
+        xp,
+        x,
+        top=head[:, 0],
+        temp=temp,
+        ids=ids,
+        valid=valid,
+        boundary=boundary,
+        needed=needs_tail & ~greedy,
     )
     mass = xp.where(mk_known, _at(xp, cum, n_mk - 1), cum[:, -1] + xp.where(needs_tail, tail, 0.0))
 
@@ -182,18 +190,38 @@ def _at(xp: Backend, x: Any, index: Any) -> Any:
 
 
 def _tail_mass(
-    xp: Backend, x: Any, *, top: Any, temp: Any, ids: Any, valid: Any, needed: Any
+    xp: Backend,
+    x: Any,
+    *,
+    top: Any,
+    temp: Any,
+    ids: Any,
+    valid: Any,
+    boundary: Any,
+    needed: Any,
 ) -> Any:
     """Unnormalised mass of the logits outside the exact head, ``sum exp((x - top) / T)``.
 
-    One pass over the vocabulary in single precision into a reused buffer;
-    the exact head's own entries are zeroed there so that the head's mass,
-    summed in double precision, is not counted twice.
+    One pass over the vocabulary in single precision. The exact head is every
+    logit above ``boundary``: compiled (qr_core._compiled), the pass sums the
+    others; eager, it writes into a reused buffer and zeroes the head's own
+    entries there, so that the head's mass, summed in double precision, is not
+    counted twice.
     """
     rows, n = x.shape
-    if not is_sync_free() and not xp.any(needed):
+    if boundary is None or (not is_sync_free() and not xp.any(needed)):
         return xp.full((rows,), 0.0, xp.compute_dtype)
     work = xp.work_dtype(x)
+    if xp.kind == "torch":
+        fused = compiled(
+            "tail",
+            x,
+            xp.asarray(top, work),
+            xp.asarray(1.0 / temp, work),
+            xp.asarray(boundary, work),
+        )
+        if fused is not None:
+            return xp.to_compute(fused)
     buf = xp.scratch("tail", (rows, n), work)
     xp.exp_scaled_into(buf, x, xp.asarray(top, work), xp.asarray(1.0 / temp, work))
     xp.scatter_(buf, ids, xp.where(valid, 0.0, xp.gather(buf, ids)))

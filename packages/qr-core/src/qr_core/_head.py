@@ -18,6 +18,7 @@ from qr_core._array import Backend, chunk_groups
 from qr_core._checks import check_row_max
 from qr_core._errors import TokenSelectionError
 from qr_core._filters import Filtered, apply_filters, pick
+from qr_core._locate import locatable, locate_rows
 from qr_core._params import RowParams
 from qr_core._sync import is_sync_free
 
@@ -120,10 +121,43 @@ def finish_rows(
         retry = xp.row_indices(retry)
         if retry.shape[0] == 0:
             return token, rank, prob, count
-    if is_sync_free() or xp.any(retry):
         logger.debug("head of %d undecided for some rows; widening it", head)
         wider = head * _HEAD_GROWTH
         sub = _select_rows(xp, xp.take_rows(x, retry), params.take(xp, retry), wider, check=False)
         for out, part in zip((token, rank, prob, count), sub, strict=True):
             xp.put_rows_(out, retry, part)
+        return token, rank, prob, count
+    if not xp.any(retry):
+        return token, rank, prob, count
+    results = (token, rank, prob, count)
+    _rows, n = x.shape
+    located = retry & locatable(xp, params)
+    if xp.any(located):
+        # No filter cuts these rows: locate u's bucket by mass instead of sorting (_locate).
+        sub_x, sub_params = xp.take_rows(x, located), params.take(xp, located)
+        *parts, far = locate_rows(xp, sub_x, sub_params)
+        for out, part in zip(results, parts, strict=True):
+            xp.put_rows_(out, located, part)
+        if xp.any(far):
+            logger.debug("u in the far tail of some rows; sorting them")
+            sorted_rows = _select_rows(
+                xp, xp.take_rows(sub_x, far), sub_params.take(xp, far), n, check=False
+            )
+            for out, part in zip(results, sorted_rows, strict=True):
+                _put_nested(xp, out, located, far, part)
+        retry = retry & ~located
+        if not xp.any(retry):
+            return token, rank, prob, count
+    logger.debug("head of %d undecided for some rows; widening it", head)
+    wider = head * _HEAD_GROWTH
+    sub = _select_rows(xp, xp.take_rows(x, retry), params.take(xp, retry), wider, check=False)
+    for out, part in zip(results, sub, strict=True):
+        xp.put_rows_(out, retry, part)
     return token, rank, prob, count
+
+
+def _put_nested(xp: Backend, out: Any, outer: Any, inner: Any, part: Any) -> None:
+    """``out[outer][inner] = part`` in place."""
+    level = xp.take_rows(out, outer)
+    xp.put_rows_(level, inner, part)
+    xp.put_rows_(out, outer, level)

@@ -11,13 +11,14 @@ a token, so the two paths share one definition.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qr_core._array import Backend, backend_for, is_torch_tensor, small_host_view
-from qr_core._checks import check_logits
+from qr_core._checks import check_logits, check_row_max
 from qr_core._errors import TokenSelectionError
 from qr_core._head import filter_rows, finish_rows
 from qr_core._params import (
@@ -28,6 +29,7 @@ from qr_core._params import (
     row_param,
     scalar,
 )
+from qr_core._small import fused_small, run_fused
 
 if TYPE_CHECKING:
     from qr_core._array import Array
@@ -247,7 +249,8 @@ class TokenSelector:
             "top_p": top_p,
             "min_p": min_p,
         }
-        small = small_host_view(logits)
+        fused = fused_small(logits)
+        small = None if fused else small_host_view(logits)
         as_tensors = small is not None
         if small is not None:
             # Same code on zero-copy numpy views (see SMALL_HOST_ELEMENTS); results back as tensors.
@@ -260,11 +263,16 @@ class TokenSelector:
             **{k: row_param(xp, k, v, rows, integer=k == "top_k") for k, v in values.items()},
             u=None,
         )
+        x = xp.contiguous_rows(logits)
+        if fused:  # one compiled call at select (qr_core._small)
+            if validate:
+                self._first_head(xp, params, validate=True)
+                check_row_max(xp, xp.amax(x, 1), error=TokenSelectionError)
+            return PreparedSelection(xp, x, params, 0, None, validate=validate, as_tensors=False)
         if host_top_k is not None and not validate:
             head = self._head_from_host(host_top_k)
         else:
             head = self._first_head(xp, params, validate=validate)
-        x = xp.contiguous_rows(logits)
         with np.errstate(all="ignore"):  # -inf arithmetic and underflow are expected here
             filtered = filter_rows(xp, x, params, head, check=validate)
         return PreparedSelection(
@@ -329,7 +337,7 @@ class PreparedSelection:
         x: Any,
         params: RowParams,
         head: int,
-        filtered: Filtered,
+        filtered: Filtered | None,
         *,
         validate: bool,
         as_tensors: bool,
@@ -368,14 +376,14 @@ class PreparedSelection:
             bad = ~((u_rows > 0) & (u_rows < 1))
             if xp.any(bad):
                 raise_bad_value(xp, "u", bad, u_rows)
-        params = RowParams(
-            temperature=self._params.temperature,
-            top_k=self._params.top_k,
-            top_p=self._params.top_p,
-            min_p=self._params.min_p,
-            u=u_rows,
-        )
+        params = dataclasses.replace(self._params, u=u_rows)
         with np.errstate(all="ignore"):
+            if self._filtered is None:
+                fused = run_fused(self._x, params)
+                if fused is not None:
+                    return BatchSelectionResult(*fused)
+                self._head = int(self._x.shape[1])  # compiler failed: sort the rows instead
+                self._filtered = filter_rows(xp, self._x, self._params, self._head, check=False)
             token, rank, prob, count = finish_rows(xp, self._x, params, self._head, self._filtered)
         if self._as_tensors:
             import torch  # noqa: PLC0415 - only reached with a torch tensor in hand

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from qr_core._array import Backend, is_torch_tensor
+from qr_core._compiled import compiled
 
 __all__ = ["TorchBackend"]
 
@@ -110,6 +111,19 @@ class TorchBackend(Backend):
         out.mul_(scale[:, None])
         out.exp_()
         return out
+
+    def bucket_mass(
+        self, x: Any, top: Any, inv_t: Any, width: float, buckets: int
+    ) -> tuple[Any, Any]:
+        fused = compiled("buckets", x, top, inv_t, width, buckets)
+        if fused is not None:
+            return fused  # type: ignore[no-any-return]
+        t = self._torch
+        d = (top[:, None] - x) * inv_t[:, None]
+        z = t.exp(-d)
+        bucket = d.mul_(1.0 / width).clamp_(max=buckets - 1).to(t.int64)
+        mass = t.zeros((x.shape[0], buckets), dtype=z.dtype, device=self.device)
+        return bucket, mass.scatter_add_(1, bucket, z)
 
     def where(self, cond: Any, a: Any, b: Any) -> Any:
         return self._torch.where(cond, a, b)

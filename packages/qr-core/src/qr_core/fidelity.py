@@ -97,6 +97,7 @@ def sampling_fidelity(
         row[None], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p
     )
     f = prepared._filtered  # the selector's own filtered CDF, read here by design
+    assert f is not None  # a numpy row never takes the fused small path
     intended = np.zeros(vocab)
     realised = np.zeros(vocab)
     if bool(f.greedy[0]):

@@ -16,6 +16,7 @@ import numpy as np
 
 from qr_core._array import Backend, backend_for, is_torch_tensor, small_host_view
 from qr_core._checks import check_logits, check_row_max
+from qr_core._compiled import compiled
 from qr_core._errors import TemperatureStrategyError
 from qr_core._registry import ComponentRegistry
 
@@ -48,6 +49,21 @@ _HOST_SCRATCH = threading.local()
 def _host_scratch(xp: Backend) -> Backend:
     backends: dict[str, Backend] = _HOST_SCRATCH.__dict__.setdefault("backends", {})
     return backends.setdefault(xp.kind, xp)
+
+
+def _entropy_and_finite(xp: Backend, logits: Any) -> tuple[Any, Any | None]:
+    """Each row's entropy and, from the compiled path, its finite count (else None).
+
+    On torch tensors outside the small-host shortcut one fused pass
+    (qr_core._compiled) gives the maximum, the entropy and the count.
+    """
+    if xp.kind == "torch" and small_host_view(logits) is None:
+        fused = compiled("entropy", logits)
+        if fused is not None:
+            row_max, entropy, finite = fused
+            check_row_max(xp, row_max, error=TemperatureStrategyError)
+            return entropy, finite
+    return _entropy_rows(xp, logits), None
 
 
 def _entropy_rows(xp: Backend, logits: Any) -> Any:
@@ -121,8 +137,8 @@ def compute_shannon_entropy(logits: Array) -> Array | float:
     one_row = len(tuple(logits.shape)) == 1
     check_logits(xp, logits, ndim=1 if one_row else 2, error=TemperatureStrategyError)
     if one_row:
-        return float(xp.to_host_list(_entropy_rows(xp, logits[None]))[0])
-    return cast("Array", _entropy_rows(xp, logits))
+        return float(xp.to_host_list(_entropy_and_finite(xp, logits[None])[0])[0])
+    return cast("Array", _entropy_and_finite(xp, logits)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +212,14 @@ class TemperatureStrategy(ABC):
         """
 
     @staticmethod
-    def _prepare(logits: Array, shannon_entropy: Array | None) -> tuple[Backend, Any]:
-        """Check the logits and return their backend and the rows' entropy."""
+    def _prepare(logits: Array, shannon_entropy: Array | None) -> tuple[Backend, Any, Any]:
+        """Check the logits; return their backend, the rows' entropy and (when the
+        compiled path computed it alongside) their finite counts, else None."""
         xp = _backend(logits)
         check_logits(xp, logits, ndim=2, error=TemperatureStrategyError)
         rows = logits.shape[0]
         if shannon_entropy is None:
-            return xp, _entropy_rows(xp, logits)
+            return xp, *_entropy_and_finite(xp, logits)
         if not xp.owns(shannon_entropy) or tuple(shannon_entropy.shape) != (rows,):
             msg = (
                 f"shannon_entropy must be an array of the logits' kind with shape ({rows},); "
@@ -210,7 +227,7 @@ class TemperatureStrategy(ABC):
                 f"{tuple(getattr(shannon_entropy, 'shape', ()))}"
             )
             raise TemperatureStrategyError(msg)
-        return xp, shannon_entropy
+        return xp, shannon_entropy, None
 
 
 class TemperatureStrategyRegistry(ComponentRegistry[TemperatureStrategy]):
@@ -252,7 +269,7 @@ class FixedTemperatureStrategy(TemperatureStrategy):
         self, logits: Array, shannon_entropy: Array | None = None
     ) -> BatchTemperatureResult:
         """Constant temperatures, with each row's entropy (see the base class)."""
-        xp, entropy = self._prepare(logits, shannon_entropy)
+        xp, entropy, _ = self._prepare(logits, shannon_entropy)
         temperature = xp.full(tuple(entropy.shape), self.fixed_temperature, entropy.dtype)
         return BatchTemperatureResult(temperature=temperature, shannon_entropy=entropy)
 
@@ -312,8 +329,9 @@ class EDTTemperatureStrategy(TemperatureStrategy):
         self, logits: Array, shannon_entropy: Array | None = None
     ) -> BatchTemperatureResult:
         """EDT temperatures, with each row's entropy (see the class docstring)."""
-        xp, entropy = self._prepare(logits, shannon_entropy)
-        finite = xp.count_finite(logits)
+        xp, entropy, finite = self._prepare(logits, shannon_entropy)
+        if finite is None:
+            finite = xp.count_finite(logits)
         log_v = xp.log(xp.asarray(finite, entropy.dtype))
         with np.errstate(all="ignore"):  # 0 / 0 for single-token rows is replaced just below
             normalised = xp.where(finite > 1, entropy / log_v, 0.0)

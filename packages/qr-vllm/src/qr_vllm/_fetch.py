@@ -9,6 +9,10 @@ worker first waits for the step's logits-ready event, so on an accelerator the
 bytes are requested only once the device has finished the logits, never while
 the forward pass still runs (design note "Just-in-time on the device"); the
 engine thread never waits for that event.
+Local sources that never wait on I/O (`INLINE_SOURCES`) are read inline on
+the engine thread when the logits are on the CPU (they exist already): a
+hand-off to another thread costs more than their read (design note "Compiled
+path").
 `amplify` turns the block into one u (and its z-score and byte mean) per
 sampled row, one amplifier call per group of the plan.
 
@@ -41,6 +45,7 @@ from qr_vllm._plan import BatchPlan, EntropyPlan
 __all__ = [
     "ALREADY_READY",
     "FETCH_START_WAIT_S",
+    "INLINE_SOURCES",
     "Fetched",
     "Fetcher",
     "ReadyEvent",
@@ -49,7 +54,18 @@ __all__ = [
     "amplify_sources",
     "apply_replay",
     "fetch_within",
+    "reads_inline",
 ]
+
+#: Sources read on the engine thread: local, fast, never waiting on I/O.
+INLINE_SOURCES = frozenset({"system", "mock_uniform"})
+
+
+def reads_inline(source: EntropySource) -> bool:
+    """True when ``source`` (or, behind a fallback, its primary) is one of `INLINE_SOURCES`."""
+    primary = getattr(source, "primary", source)
+    return isinstance(primary, EntropySource) and primary.name in INLINE_SOURCES
+
 
 #: How long a step waits for the fetch thread to pick its request up (see `Fetcher.start`).
 FETCH_START_WAIT_S = 0.05
@@ -93,12 +109,25 @@ class Fetcher:
     def __init__(self, source: EntropySource, name: str = "default") -> None:
         self.source = source
         self.name = name
+        #: Read on the calling thread (see `reads_inline`), never handed to the worker.
+        self.inline = reads_inline(source)
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
     def start(self, plan: EntropyPlan, ready: ReadyEvent = ALREADY_READY) -> Future[Fetched]:
         """Start the fetch of ``plan``'s block once ``ready`` fires; returns once the
-        worker holds it (or soon)."""
+        worker holds it (or soon).
+
+        An inline source with logits that exist already (``ALREADY_READY``) is read
+        here and now, and the returned future is done.
+        """
+        if self.inline and ready is ALREADY_READY:
+            done: Future[Fetched] = Future()
+            try:
+                done.set_result(self._run(plan.fetch_rows, plan.fetch_count, ready))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
         if self._executor is None:
             # One worker, started on the first step (never at import: vLLM builds the
             # processor in several processes): requests stay one at a time, in step order.

@@ -1,4 +1,4 @@
-"""Engine settings: what the processor refuses to start under, its start-up sizing, sync checks.
+"""Engine settings: what the processor refuses to start under, start-up sizing and warm-up.
 
 Checked when vLLM builds the processor in the engine process, so a refused
 configuration stops the engine at start with a message that says what to
@@ -13,9 +13,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from qr_core import COMPILE_ENV, warm_up_compiled
+
 from qr_vllm._errors import UnsupportedEngineError
 
-__all__ = ["check_engine", "engine_limits", "reserve_scratch", "sync_allowed_factory"]
+__all__ = [
+    "check_engine",
+    "engine_limits",
+    "reserve_scratch",
+    "sync_allowed_factory",
+    "warm_up",
+]
 
 logger = logging.getLogger("qr_sampler")
 
@@ -101,3 +109,21 @@ def sync_allowed_factory() -> Callable[[], AbstractContextManager[Any]]:
     except ImportError:  # pragma: no cover - every supported vLLM has it
         return nullcontext
     return gpu_sync_allowed
+
+
+def warm_up(vllm_config: Any, device: Any) -> float:
+    """Compile qr_core's per-step kernels now (``QR_COMPILE``), so no request pays for it.
+
+    Returns:
+        Seconds spent (0 when the compiled path is off).
+    """
+    # The vocabulary only picks the shape class (a batch of one row runs the numpy
+    # shortcut below 65,536 logits); sizes are symbolic, so any width of that class does.
+    get_vocab_size = getattr(getattr(vllm_config, "model_config", None), "get_vocab_size", None)
+    vocab = int(get_vocab_size()) if callable(get_vocab_size) else 32000
+    spent = warm_up_compiled(device, vocab)
+    if spent:
+        logger.info(
+            "qr-sampler compiled path ready in %.1f s (%s=off skips it)", spent, COMPILE_ENV
+        )
+    return spent

@@ -36,7 +36,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2Log
 from qr_vllm._admission import admit, failure_token_for, stop_token
 from qr_vllm._compat import check_vllm_version
 from qr_vllm._config import QRSamplerConfig
-from qr_vllm._guards import check_engine, reserve_scratch, sync_allowed_factory
+from qr_vllm._guards import check_engine, reserve_scratch, sync_allowed_factory, warm_up
 from qr_vllm._logger import SamplingLogger
 from qr_vllm._logging import attach_to_vllm_logging
 from qr_vllm._metrics import SamplerMetrics
@@ -147,17 +147,15 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         )
         reserve_scratch(self._sampler, vllm_config, req_states)
         self._resolver.warm_default()
+        self.compile_s = warm_up(vllm_config, device)  # seconds compiling (QR_COMPILE)
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
         self._metrics: SamplerMetrics | None = None
         if not follower:
             sampler = self._sampler  # not self: the metrics must not keep the processor alive
             self._metrics = start_metrics(
-                self.config,
-                vllm_config,
-                self._source,
-                lambda: sampler.failed_requests,
+                self.config, vllm_config, self._source, lambda: sampler.failed_requests,
                 self.sampling_logger.sink,
-            )
+            )  # fmt: skip
             self.sampling_logger.metrics = self._metrics
         self._serials = itertools.count(1)
         self._finalizer = weakref.finalize(
