@@ -75,6 +75,9 @@ def test_one_fetch_per_source_per_step_and_records_name_the_source(tmp_path: Pat
     counting = {name: Counting(f.source) for name, f in fetchers.items()}
     for name, f in fetchers.items():
         f.source = counting[name]
+        # Local sources are read inline on CPU logits (qr_vllm._fetch.reads_inline);
+        # what this checks is that threaded fetches of several sources overlap.
+        f.inline = False
     add(proc, ["qrng", "control", None, "qrng", "control"])
     for _ in range(2):
         proc.apply(torch.randn(5, VOCAB))
