@@ -252,7 +252,7 @@ def fetch_vs_urandom(quick: bool) -> tuple[float, float, float]:
     )
 
 
-def _best(fn: Any, repeat: int) -> float:
+def _best_one(fn: Any, repeat: int) -> float:
     fn()
     best = float("inf")
     for _ in range(repeat):
@@ -300,10 +300,10 @@ def digest_cost(quick: bool) -> list[tuple[int, float, float, float, float]]:
 
         with_d, without_d = [], []
         for _ in range(3 if quick else 7):
-            with_d.append(_best(step, repeat))
+            with_d.append(_best_one(step, repeat))
             base_module.row_digests = lambda block: ()  # type: ignore[assignment]
             try:
-                without_d.append(_best(step, repeat))
+                without_d.append(_best_one(step, repeat))
             finally:
                 base_module.row_digests = row_digests
         proc.close()
