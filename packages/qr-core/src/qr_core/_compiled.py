@@ -229,9 +229,8 @@ def warm_up(device: Any, vocab: int, dtype: Any = None, *, inference: bool = Tru
             )
             temps = EDTTemperatureStrategy().compute_batch(logits).temperature
             for u in (0.5, 1 - 1e-6):
-                selector.select_batch(
-                    logits, temperature=temps, top_k=0, top_p=1.0, u=u, validate=False
-                )
+                # Validating: the general path (small CPU batches skip it without).
+                selector.select_batch(logits, temperature=temps, top_k=0, top_p=1.0, u=u)
         if vocab > SMALL_VOCAB:
             # Retries and located rows run the kernels on one-row subsets of any batch.
             one = (torch.randn(1, vocab, generator=gen) * 3).to(device, dtype or torch.float32)

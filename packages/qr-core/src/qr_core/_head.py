@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from qr_core._array import Backend, chunk_groups
 from qr_core._checks import check_row_max
 from qr_core._errors import TokenSelectionError
 from qr_core._filters import Filtered, apply_filters, pick
 from qr_core._locate import locatable, locate_rows
-from qr_core._params import RowParams
+from qr_core._params import RowParams, bad_values, raise_bad_value
 from qr_core._sync import is_sync_free
 
-__all__ = ["filter_rows", "finish_rows"]
+__all__ = ["filter_rows", "finish_rows", "first_head"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,27 @@ logger = logging.getLogger(__name__)
 _HEAD_GROWTH = 16
 # A head wider than 1/_FULL_SORT_FRACTION of the row costs about as much as sorting the row.
 _FULL_SORT_FRACTION = 4
+
+
+def first_head(xp: Backend, params: RowParams, head_size: int, *, validate: bool) -> int:
+    """Validate the parameters and size the first head, with one host transfer."""
+    sampled = params.temperature > 0
+    k_on = params.top_k > 0
+    kmax = xp.amax(xp.where(sampled & k_on, params.top_k, 0), 0)
+    unlimited = (sampled & ~k_on).any()
+    flags = [kmax, sampled.any(), unlimited]
+    bad = bad_values(params) if validate else {}
+    flags += [mask.any() for mask in bad.values()]
+    host = xp.to_host_list(xp.stack([xp.asarray(f, np.int64) for f in flags]))
+    for (name, mask), is_bad in zip(bad.items(), host[3:], strict=True):
+        if is_bad:
+            raise_bad_value(xp, name, mask, getattr(params, name))
+    kmax_host, any_sampled, any_unlimited = host[:3]
+    if not any_sampled:
+        return 1
+    if any_unlimited:
+        return max(int(kmax_host), head_size)
+    return max(int(kmax_host), 1)
 
 
 def _largest(xp: Backend, x: Any, k: int) -> tuple[Any, Any, Any]:

@@ -20,10 +20,10 @@ import numpy as np
 from qr_core._array import Backend, backend_for, is_torch_tensor, small_host_view
 from qr_core._checks import check_logits, check_row_max
 from qr_core._errors import TokenSelectionError
-from qr_core._head import filter_rows, finish_rows
+from qr_core._full import PreparedFull, full_batch, prepare_full
+from qr_core._head import filter_rows, finish_rows, first_head
 from qr_core._params import (
     RowParams,
-    bad_values,
     host_param,
     raise_bad_value,
     row_param,
@@ -218,6 +218,7 @@ class TokenSelector:
         min_p: Array | float = 0.0,
         validate: bool = True,
         host_top_k: np.ndarray | None = None,
+        filters_off: bool | None = None,
     ) -> PreparedSelection:
         """Everything of `select_batch` that does not depend on u: candidates, order, masses.
 
@@ -236,6 +237,9 @@ class TokenSelector:
             host_top_k: The rows' top-k as a host array, when the caller knows it
                 (and ``validate`` is False): the first head is sized from it
                 without reading the device, as if every row were sampled.
+            filters_off: Whether every row has top-k, top-p and min-p off, when the
+                caller knows (None: read when it matters). Small full-vocabulary
+                CPU batches then take ``qr_core._full`` (``validate`` False).
 
         Returns:
             The prepared selection, to be finished with ``select(u)``.
@@ -250,6 +254,11 @@ class TokenSelector:
             "min_p": min_p,
         }
         fused = fused_small(logits)
+        full = None
+        if not (fused or validate) and full_batch(logits, values, filters_off):
+            full = prepare_full(logits, values)  # every row k = 0, p = 1 (qr_core._full)
+        if full is not None:
+            return PreparedSelection(self._backend(logits), full.x, None, 0, None, full=full)
         small = None if fused else small_host_view(logits)
         as_tensors = small is not None
         if small is not None:
@@ -303,23 +312,7 @@ class TokenSelector:
 
     def _first_head(self, xp: Backend, params: RowParams, *, validate: bool) -> int:
         """Validate the parameters and size the first head, with one host transfer."""
-        sampled = params.temperature > 0
-        k_on = params.top_k > 0
-        kmax = xp.amax(xp.where(sampled & k_on, params.top_k, 0), 0)
-        unlimited = (sampled & ~k_on).any()
-        flags = [kmax, sampled.any(), unlimited]
-        bad = bad_values(params) if validate else {}
-        flags += [mask.any() for mask in bad.values()]
-        host = xp.to_host_list(xp.stack([xp.asarray(f, np.int64) for f in flags]))
-        for (name, mask), is_bad in zip(bad.items(), host[3:], strict=True):
-            if is_bad:
-                raise_bad_value(xp, name, mask, getattr(params, name))
-        kmax_host, any_sampled, any_unlimited = host[:3]
-        if not any_sampled:
-            return 1
-        if any_unlimited:
-            return max(int(kmax_host), self.head_size)
-        return max(int(kmax_host), 1)
+        return first_head(xp, params, self.head_size, validate=validate)
 
 
 class PreparedSelection:
@@ -329,19 +322,21 @@ class PreparedSelection:
     `TokenSelector.select_batch` would. It may be called more than once.
     """
 
-    __slots__ = ("_as_tensors", "_filtered", "_head", "_params", "_validate", "_x", "_xp")
+    __slots__ = ("_as_tensors", "_filtered", "_full", "_head", "_params", "_validate", "_x", "_xp")
 
     def __init__(
         self,
         xp: Backend,
         x: Any,
-        params: RowParams,
+        params: RowParams | None,
         head: int,
         filtered: Filtered | None,
         *,
-        validate: bool,
-        as_tensors: bool,
+        validate: bool = False,
+        as_tensors: bool = False,
+        full: PreparedFull | None = None,
     ) -> None:
+        self._full = full
         self._xp = xp
         self._x = x
         self._params = params
@@ -376,6 +371,9 @@ class PreparedSelection:
             bad = ~((u_rows > 0) & (u_rows < 1))
             if xp.any(bad):
                 raise_bad_value(xp, "u", bad, u_rows)
+        if self._full is not None:
+            return BatchSelectionResult(*self._full.select_rows(xp, u_rows))
+        assert self._params is not None
         params = dataclasses.replace(self._params, u=u_rows)
         with np.errstate(all="ignore"):
             if self._filtered is None:

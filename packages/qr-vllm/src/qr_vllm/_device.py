@@ -52,6 +52,7 @@ class DevicePlan:
         temperature_positions: Per temperature group, its positions (None: all rows).
         forced_rows, forced_tokens: Failed rows forced to their stop tokens.
         penalties: Runner V1's penalty tensors, None when no row has any.
+        filters_off: Every sampled row has top-k, top-p and min-p off (host knowledge).
     """
 
     plan: BatchPlan
@@ -63,6 +64,7 @@ class DevicePlan:
     forced_rows: torch.Tensor
     forced_tokens: torch.Tensor
     penalties: DevicePenalties | None
+    filters_off: bool = False
 
     @classmethod
     def build(cls, plan: BatchPlan, vocab: int, device: torch.device) -> DevicePlan:
@@ -86,6 +88,10 @@ class DevicePlan:
             forced_rows=_index(plan.forced_rows, device),
             forced_tokens=_index(plan.forced_tokens, device),
             penalties=penalties,
+            filters_off=filters is not None
+            and bool((filters.top_k <= 0).all())
+            and bool((filters.top_p >= 1).all())
+            and bool((filters.min_p <= 0).all()),
         )
 
 

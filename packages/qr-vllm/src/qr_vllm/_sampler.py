@@ -318,9 +318,7 @@ class BatchSampler:
         return greedy(t_out), h_out
 
     def _prepare(self, sub: torch.Tensor, temperature: torch.Tensor, dev: DevicePlan) -> Any:
-        assert dev.top_k is not None
-        assert dev.top_p is not None
-        assert dev.min_p is not None
+        assert dev.top_k is not None and dev.top_p is not None and dev.min_p is not None
         filters = dev.plan.filters
         return self.selector.prepare_batch(
             sub,
@@ -333,6 +331,7 @@ class BatchSampler:
             validate=False,
             # The head is sized from the plan's top-k, not from a device read.
             host_top_k=None if filters is None else filters.top_k,
+            filters_off=dev.filters_off,
         )
 
     def _force_failed(self, logits: torch.Tensor, dev: DevicePlan) -> None:

@@ -1,0 +1,286 @@
+"""Small full-vocabulary CPU batches: threshold heads on the host, buckets as fallback.
+
+When every row of a small CPU tensor batch is sampled with no top-k, no min-p
+and no top-p (``k = 0, p = 1, T > 0``), the general head path of
+``qr_core._head`` costs hundreds of small operations per step; at batch 1 that
+overhead, not the arithmetic, is the step. Here, per row on a zero-copy numpy
+view:
+
+- `prepare_full` (before u): the row maximum, the weights ``exp((x - top) / T)``
+  and their total, and the finite count;
+- `PreparedFull.select_rows` (with u): a *threshold head*, every token whose
+  weight is at least ``e^-span`` of the top's (`HEAD_SPANS`), is an upper set of
+  the logits and so a prefix of the canonical order, ties whole; the first whose
+  mass exceeds ``u · total`` is sorted (logit descending, ids ascending) and
+  walked, which decides the row exactly.
+
+Rows no head decides take the bucket pass of ``qr_core._locate`` (all of them at
+once, in torch), and far-tail rows are sorted whole. See ARCHITECTURE.md, design
+note "Full-vocabulary rows".
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from qr_core._array import Backend
+from qr_core._locate import BUCKET_WIDTH, BUCKETS
+
+__all__ = ["PreparedFull", "full_batch", "prepare_full"]
+
+#: Narrowest rows this path takes; narrower ones are cheaper sorted (qr_core._small).
+MIN_VOCAB = 4097
+#: Most rows this path takes: it walks the rows one by one on the host.
+MAX_ROWS = 4
+#: A row's heads, tried in turn: every logit within ``span · T`` of its maximum
+#: (probability at least ``e^-span`` of the top token's), a prefix of the canonical order.
+HEAD_SPANS = (4.0, 8.0, 16.0)
+#: Widest head sorted on the host; a wider one sends its row to the buckets.
+MAX_HEAD = 8192
+
+
+def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None) -> bool:
+    """True when ``logits`` is a 2-D float CPU tensor (not in sync-free mode) of at most
+    `MAX_ROWS` rows whose every row has every filter off (``filters_off``: the caller
+    knows; None: read from ``values``, one host read). Temperatures are checked by
+    `prepare_full`."""
+    from qr_core._array import is_torch_tensor  # noqa: PLC0415
+    from qr_core._sync import is_sync_free  # noqa: PLC0415
+
+    if (
+        filters_off is False
+        or not is_torch_tensor(logits)
+        or logits.device.type != "cpu"
+        or logits.ndim != 2
+        or logits.shape[1] < MIN_VOCAB
+        or logits.shape[0] > MAX_ROWS
+        or logits.requires_grad
+        or is_sync_free()
+        or str(logits.dtype) not in ("torch.float32", "torch.float64", "torch.bfloat16")
+    ):
+        return False
+    if filters_off:
+        return True
+    import torch  # noqa: PLC0415
+
+    off = [_all(torch, values[name], op, bound) for name, op, bound in _OFF]
+    if any(o is False for o in off):
+        return False
+    flags = [o for o in off if o is not True]
+    return not flags or bool(torch.stack(flags).all())
+
+
+#: Each filter's "off" test: top-k 0 or -1, top-p 1, min-p 0.
+_OFF = (("top_k", "le", 0), ("top_p", "ge", 1.0), ("min_p", "le", 0.0))
+
+
+def _all(torch: Any, value: Any, op: str, bound: float) -> Any:
+    """``all(value <op> bound)``: a Python bool for a scalar, a 0-d tensor otherwise."""
+    if isinstance(value, int | float):
+        return bool(getattr(float(value), f"__{op}__")(bound))
+    if not is_cpu_tensor(torch, value):
+        return False
+    return getattr(value, op)(bound).all()
+
+
+def is_cpu_tensor(torch: Any, value: Any) -> bool:
+    """A torch tensor on the CPU."""
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu"
+
+
+def prepare_full(logits: Any, values: dict[str, object]) -> PreparedFull | None:
+    """Everything of a full-vocabulary batch that does not depend on u.
+
+    Args:
+        logits: ``(rows, vocab)`` checked logits accepted by `full_batch`.
+        values: The rows' ``temperature``, ``top_k``, ``top_p`` and ``min_p``, scalars
+            or ``(rows,)`` tensors, as given to the selector.
+
+    Returns:
+        None when some row is greedy (T <= 0): the general path takes the batch.
+    """
+    import torch  # noqa: PLC0415
+
+    x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    x = x.contiguous()
+    rows = int(x.shape[0])
+    temperature = values["temperature"]
+    if isinstance(temperature, torch.Tensor):
+        temps = [float(t) for t in temperature.expand(rows).tolist()]
+    else:
+        temps = [float(temperature)] * rows  # type: ignore[arg-type]
+    if not all(t > 0 for t in temps):
+        return None
+    states = [_row_state(row, t) for row, t in zip(x.numpy(), temps, strict=True)]
+    return PreparedFull(x, values, temps, states)
+
+
+def _row_state(x: np.ndarray, temperature: float) -> _Row:
+    """A row's maximum, weights ``exp((x - max) / T)`` and their total (float64)."""
+    inv_t = 1.0 / temperature
+    top = float(x.max())
+    with np.errstate(under="ignore"):
+        z = np.exp((x - x.dtype.type(top)) * x.dtype.type(inv_t))
+    total = float(np.sum(z, dtype=np.float64))
+    count = x.size if float(x.min()) > -np.inf else int(np.count_nonzero(x > -np.inf))
+    return _Row(x, top, inv_t, z, total, count)
+
+
+def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
+    """Token, rank and probability of ``row`` at ``target`` (u times the row's total)
+    from a threshold head, or None when no head of `HEAD_SPANS` holds the target."""
+    x, z = row.x, row.z
+    for span in HEAD_SPANS:
+        # Every logit within span·T of the maximum: a prefix of the canonical order.
+        ids = np.flatnonzero(z >= np.exp(-span))
+        if ids.size > MAX_HEAD:
+            return None
+        if float(np.sum(z[ids], dtype=np.float64)) <= target:
+            continue
+        values = x[ids]
+        order = np.argsort(-values, kind="stable")  # ids ascending already: ties to the lower id
+        ids = ids[order]
+        weights = np.exp((values[order].astype(np.float64) - row.top) * row.inv_t)
+        cum = np.cumsum(weights)
+        if not target < cum[-1]:
+            continue  # the float64 head mass fell short of the float32 sum's verdict
+        index = int(np.searchsorted(cum, target, side="right"))
+        return int(ids[index]), index, float(weights[index]) / row.total
+    return None
+
+
+class _Row(NamedTuple):
+    x: np.ndarray
+    top: float
+    inv_t: float
+    z: np.ndarray
+    total: float
+    finite: int
+
+
+def _prepare_buckets(x: Any, inv_t64: Any) -> tuple[Any, ...]:
+    """The bucket pass of `PreparedFull.select` (rows whose u fell past their head)."""
+    import torch  # noqa: PLC0415
+
+    rows = x.shape[0]
+    top = x.amax(1)
+    d = torch.sub(top[:, None], x).mul_(inv_t64.to(x.dtype)[:, None])
+    z = torch.neg(d).exp_()
+    bucket = d.mul_(1.0 / BUCKET_WIDTH).clamp_(max=BUCKETS - 1).to(torch.int64)
+    mass = torch.zeros((rows, BUCKETS), dtype=z.dtype).scatter_add_(1, bucket, z)
+    cum = mass.to(torch.float64).cumsum_(1)
+    count = (x > float("-inf")).sum(1)
+    return top.to(torch.float64), bucket, cum, count
+
+
+class PreparedFull:
+    """A full-vocabulary batch with everything but u done (see `prepare_full`)."""
+
+    __slots__ = ("_rows", "_temps", "_values", "x")
+
+    def __init__(
+        self, x: Any, values: dict[str, object], temps: list[float], rows: list[_Row]
+    ) -> None:
+        self.x = x  # the logits, float32 or float64, contiguous
+        self._values = values
+        self._temps = temps
+        self._rows = rows
+
+    def select_rows(self, xp: Backend, u: Any) -> tuple[Any, Any, Any, Any]:
+        """Token, rank, probability and candidate count per row at ``u`` (``(rows,)``)."""
+        import torch  # noqa: PLC0415
+
+        token: list[int] = []
+        rank: list[int] = []
+        prob: list[float] = []
+        count: list[int] = []
+        missed: list[int] = []
+        for i, (row, ui) in enumerate(zip(self._rows, u.tolist(), strict=True)):
+            found = _in_head(row, ui * row.total)
+            if found is None:
+                missed.append(i)
+                found = (0, 0, 0.0)
+            token.append(found[0])
+            rank.append(found[1])
+            prob.append(found[2])
+            count.append(row.finite)
+        out = (
+            torch.tensor(token, dtype=torch.int64),
+            torch.tensor(rank, dtype=torch.int64),
+            torch.tensor(prob, dtype=torch.float64),
+            torch.tensor(count, dtype=torch.int64),
+        )
+        if missed:
+            rows = torch.tensor(missed, dtype=torch.int64)
+            for dst, part in zip(out, self._buckets(xp, rows, u[rows]), strict=True):
+                dst[rows] = part
+        return out
+
+    def _buckets(self, xp: Backend, rows: Any, u: Any) -> tuple[Any, Any, Any, Any]:
+        """The rows ``rows`` at ``u`` through the bucket pass; far-tail rows sorted whole."""
+        import torch  # noqa: PLC0415
+
+        x = self.x[rows]
+        inv_t = 1.0 / torch.tensor([self._temps[i] for i in rows.tolist()], dtype=torch.float64)
+        top, bucket, cum, count = _prepare_buckets(x, inv_t)
+        token, rank, prob, far = _locate_buckets(x, top, inv_t, bucket, cum, u)
+        if bool(far.any()):
+            from qr_core._head import filter_rows, finish_rows  # noqa: PLC0415
+            from qr_core._params import RowParams, row_param  # noqa: PLC0415
+
+            n = int(x.shape[1])
+            full = {
+                k: xp.take_rows(row_param(xp, k, v, self.x.shape[0], integer=k == "top_k"), rows)
+                for k, v in self._values.items()
+            }
+            params = RowParams(**full, u=u)
+            sub_x, sub = xp.take_rows(x, far), params.take(xp, far)
+            filtered = filter_rows(xp, sub_x, sub, n, check=False)  # a head of n: sorted whole
+            results = finish_rows(xp, sub_x, sub, n, filtered)
+            for dst, part in zip((token, rank, prob, count), results, strict=True):
+                xp.put_rows_(dst, far, part)
+        return token, rank, prob, count
+
+
+def _locate_buckets(  # noqa: PLR0917 - the bucket state, positionally as made
+    x: Any, top: Any, inv_t: Any, bucket: Any, cum: Any, u: Any
+) -> tuple[Any, Any, Any, Any]:
+    """Token, rank and probability per row from its buckets, and the far-tail rows."""
+    import torch  # noqa: PLC0415
+
+    rows = x.shape[0]
+    total = cum[:, -1]
+    target = u * total
+    # The first bucket whose cumulative mass exceeds the target, never past the last
+    # bucket that adds mass (u within rounding of 1): as in qr_core._locate.
+    chosen = torch.minimum(
+        torch.searchsorted(cum, target[:, None].contiguous(), right=True)[:, 0],
+        torch.searchsorted(cum, total[:, None].contiguous())[:, 0],
+    )
+    far = chosen >= BUCKETS - 1
+    chosen.clamp_(max=BUCKETS - 2)
+    before = torch.where(chosen > 0, cum.gather(1, (chosen - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    rank_before = (bucket < chosen[:, None]).sum(1)
+    r, c = (bucket == chosen[:, None]).nonzero(as_tuple=True)  # row-major: ids ascending
+    values = x[r, c]
+    # Canonical order inside each row's bucket: logit descending, ties by ascending id
+    # (stable on the row-major ids), then the rows back together (stable again).
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(r[order], stable=True).indices]
+    r, c, values = r[order], c[order], values[order]
+    if r.shape[0] == 0:  # every row in the far tail: nothing to read
+        zeros = torch.zeros(rows, dtype=torch.int64)
+        return zeros, zeros.clone(), torch.zeros(rows, dtype=torch.float64), far
+    zb = torch.exp((values.to(torch.float64) - top[r]) * inv_t[r])
+    size = torch.bincount(r, minlength=rows)
+    start = size.cumsum(0) - size
+    run = zb.cumsum(0)
+    base = torch.where(start > 0, run[(start - 1).clamp(min=0)], 0.0)
+    walk = before[r] + (run - base[r])
+    inside = torch.bincount(r, weights=(walk <= target[r]).to(torch.float64), minlength=rows)
+    carrying = torch.bincount(r, weights=(zb > 0).to(torch.float64), minlength=rows)
+    index = torch.minimum(inside, (carrying - 1).clamp(min=0)).to(torch.int64)
+    at = (start + index).clamp(max=int(r.shape[0]) - 1)
+    return c[at], rank_before + index, zb[at] / total, far

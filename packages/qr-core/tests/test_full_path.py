@@ -1,0 +1,139 @@
+"""Small full-vocabulary CPU batches (qr_core._full): the same tokens as the general path.
+
+``select_batch(..., validate=False)`` on a CPU tensor of at most `MAX_ROWS` rows with
+every filter off takes the threshold heads and buckets of ``qr_core._full``;
+``validate=True`` takes the general head path. Both must choose the same token for
+the same u, except where u lies within float rounding of a cumulative boundary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from qr_core import TokenSelector
+from qr_core._full import MAX_HEAD, MAX_ROWS, PreparedFull, full_batch, prepare_full
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+
+def _both(x: torch.Tensor, temperature: object, u: torch.Tensor) -> tuple[object, object]:
+    selector = TokenSelector()
+    with torch.inference_mode():
+        general = selector.select_batch(x, temperature=temperature, u=u, **_OFF)  # validates
+        fast = selector.select_batch(x, temperature=temperature, u=u, validate=False, **_OFF)
+    return general, fast
+
+
+def _near_boundary(row: np.ndarray, temperature: float, u: float, token: int) -> bool:
+    """Whether u·total lies within float rounding of the chosen token's cumulative edges."""
+    order = np.lexsort((np.arange(row.size), -row.astype(np.float64)))
+    z = np.exp((row[order].astype(np.float64) - row.max()) / temperature)
+    cum = np.cumsum(z)
+    target = u * cum[-1]
+    edge = int(np.flatnonzero(order == token)[0])
+    edges = np.array([cum[edge - 1] if edge else 0.0, cum[edge]])
+    return bool(np.min(np.abs(edges - target)) <= 1e-6 * cum[-1])
+
+
+def _same(x: torch.Tensor, temps: list[float], u: torch.Tensor, general: object, fast: object) -> None:
+    g_tok, f_tok = general.token_id.tolist(), fast.token_id.tolist()  # type: ignore[attr-defined]
+    for i, (a, b) in enumerate(zip(g_tok, f_tok, strict=True)):
+        if a != b:
+            assert _near_boundary(x[i].numpy(), temps[i], float(u[i]), a), (i, a, b)
+            continue
+        assert fast.token_rank[i] == general.token_rank[i]  # type: ignore[attr-defined]
+        np.testing.assert_allclose(
+            float(fast.token_prob[i]), float(general.token_prob[i]), rtol=1e-5  # type: ignore[attr-defined]
+        )
+    assert fast.num_candidates.tolist() == general.num_candidates.tolist()  # type: ignore[attr-defined]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, MAX_ROWS),
+    vocab=st.sampled_from([4097, 6000, 32000]),
+    scale=st.sampled_from([0.5, 3.0, 12.0]),
+    temperature=st.floats(0.05, 3.0),
+    seed=st.integers(0, 2**31 - 1),
+    banned=st.integers(0, 50),
+    u_edge=st.sampled_from([None, 1e-12, 1 - 1e-12]),
+)
+def test_the_fast_path_chooses_the_general_paths_token(
+    rows: int,
+    vocab: int,
+    scale: float,
+    temperature: float,
+    seed: int,
+    banned: int,
+    u_edge: float | None,
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, vocab, generator=gen) * scale
+    x[:, 1] = x[:, 5]  # a tie: the lower id comes first
+    x[0, 10 : 10 + banned] = float("-inf")
+    u = torch.rand(rows, generator=gen, dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
+    if u_edge is not None:
+        u[0] = u_edge
+    temps = torch.full((rows,), temperature, dtype=torch.float64)
+    general, fast = _both(x, temps, u)
+    _same(x, [temperature] * rows, u, general, fast)
+
+
+def test_a_flat_row_goes_to_the_buckets_and_keeps_id_order() -> None:
+    # Every logit equal: each head is the whole row (wider than MAX_HEAD), so the row
+    # takes the bucket pass; the canonical order is then the id order.
+    x = torch.zeros(2, 32000)
+    assert x.shape[1] > MAX_HEAD
+    u = torch.tensor([0.25, 0.999_999], dtype=torch.float64)
+    general, fast = _both(x, 1.0, u)
+    assert fast.token_id.tolist() == [8000, 31999] == general.token_id.tolist()
+    assert fast.token_rank.tolist() == [8000, 31999]
+    np.testing.assert_allclose(fast.token_prob.numpy(), 1 / 32000)
+
+
+def test_u_in_the_far_tail_sorts_the_row_whole() -> None:
+    # One token holds all but ~2e-11 of the mass; the rest lie 35 below it (past the
+    # buckets' span): a u beyond the top token's mass lands in the far tail.
+    x = torch.full((2, 32000), -35.0)
+    x[:, 3] = 0.0
+    x[1, 10] = -36.0
+    u = torch.tensor([1 - 1e-13, 0.5], dtype=torch.float64)
+    general, fast = _both(x, 1.0, u)
+    assert fast.token_id.tolist() == general.token_id.tolist() == [31849, 3]
+    assert fast.token_rank.tolist() == general.token_rank.tolist()
+
+
+def test_what_the_fast_path_takes() -> None:
+    x = torch.randn(2, 5000)
+    values = {"temperature": 0.7, **_OFF}
+    assert full_batch(x, values, None)
+    assert full_batch(x, values, True)
+    assert not full_batch(x, values, False)  # the caller knows a filter is on
+    assert not full_batch(x, {**values, "top_k": 50}, None)
+    assert not full_batch(x, {**values, "top_p": torch.tensor([1.0, 0.9])}, None)
+    assert not full_batch(x, {**values, "min_p": torch.tensor([0.0, 0.1])}, None)
+    assert not full_batch(torch.randn(MAX_ROWS + 1, 5000), values, None)
+    assert not full_batch(torch.randn(2, 4096), values, None)  # the fused small path's
+    assert not full_batch(x.numpy(), values, None)
+    assert isinstance(prepare_full(x, values), PreparedFull)
+    # A greedy row: the general path takes the batch (and it picks the top token).
+    greedy = {**values, "temperature": torch.tensor([0.7, 0.0], dtype=torch.float64)}
+    assert prepare_full(x, greedy) is None
+    picked = TokenSelector().select_batch(
+        x, temperature=greedy["temperature"], u=0.5, validate=False, **_OFF
+    )
+    assert int(picked.token_id[1]) == int(x[1].argmax())
+
+
+def test_bfloat16_and_float64_logits() -> None:
+    gen = torch.Generator().manual_seed(7)
+    base = torch.randn(3, 8000, generator=gen) * 4
+    u = torch.rand(3, generator=gen, dtype=torch.float64)
+    for x in (base.to(torch.bfloat16), base.double()):
+        general, fast = _both(x, 0.8, u)
+        _same(x.float() if x.dtype == torch.bfloat16 else x, [0.8] * 3, u, general, fast)
