@@ -5,7 +5,8 @@ Unix socket, metrics on a port), vLLM's OpenAI server (engine core in its own pr
 default: the plugin's metrics are served from there), and Debian's Prometheus scraping
 all three every second with the repository's alert rules loaded. The test reads the
 numbers back through Prometheus's HTTP query API and compares them with the records file,
-then kills the entropy server (SIGKILL) in the middle of a request.
+per named source (the engine's own, ``default``, on the entropy server, and ``control`` on
+os.urandom in the engine), then kills the entropy server (SIGKILL) in the middle of a request.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
             "QR_SAMPLE_COUNT": "1024",
             "QR_RECORDS_PATH": str(records_path),
             "QR_METRICS_PORT": str(plugin_metrics),
+            "QR_SOURCES": json.dumps({"control": {"entropy_source_type": "system"}}),
             # A loaded test machine must not turn a healthy server into fallbacks.
             "QR_GRPC_TIMEOUT_MS": "20000",
             "QR_LOG_LEVEL": "none",
@@ -151,14 +153,23 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
             for job in ("qr-sampler", "qr-entropy-server", "vllm"):
                 wait_for(f"{job} up", lambda job=job: prom.scalar(f'up{{job="{job}"}}') == 1.0)
 
-            def complete(max_tokens: int) -> None:
+            def complete(max_tokens: int, qr_source: str = "default") -> None:
                 body = {"model": model, "prompt": "The nature of randomness is",
-                        "max_tokens": max_tokens, "ignore_eos": True}  # fmt: skip
+                        "max_tokens": max_tokens, "ignore_eos": True,
+                        "vllm_xargs": {"qr_source": qr_source}}  # fmt: skip
                 post(base, "/v1/completions", body)
+
+            def arm(qr_source: str) -> str:
+                source = "quantum_grpc" if qr_source == "default" else "system"
+                return f'qr_source="{qr_source}",source="{source}"'
+
+            def of(rows: list[dict[str, Any]], qr_source: str) -> list[dict[str, Any]]:
+                return [r for r in rows if r["qr_source"] == qr_source]
 
             # --- healthy: every token counted once, as its record ------------------------
             for _ in range(2):
                 complete(12)
+            complete(12, "control")
 
             def settled(expected_fallback: int | None = None) -> Callable[[], bool]:
                 def check() -> bool:
@@ -176,31 +187,51 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
 
             wait_for("Prometheus to see every record", settled())
             healthy = records(records_path)
-            assert len(healthy) >= 24
+            assert len(healthy) >= 36
             ok_direct = [r for r in healthy if r["status"] == "ok" and not r["is_fallback"]]
-            if len(ok_direct) == len(healthy):
-                # Every byte the plugin counted was served, and counted, by the server.
-                # The server also answered the engine's start-up check: one 1-byte request.
+            # Each named source's series count its own records, under its own labels.
+            for name in ("default", "control"):
+                mine = of(healthy, name)
+                assert len(mine) >= 12
+                assert total(prom, f"qr_sampler_tokens_total{{{arm(name)}}}") == len(mine)
+                drift = f'qr_sampler_drift_tokens{{{arm(name)},window="lifetime"}}'
+                assert total(prom, drift) == len(of(ok_direct, name))
+                fetches = f"qr_sampler_entropy_fetch_seconds_count{{{arm(name)}}}"
+                assert total(prom, fetches) > 0
+            # The control arm's bytes come from os.urandom in the engine, never the server.
+            assert {r["entropy_source"] for r in of(healthy, "control")} == {"system"}
+            default_bytes = f"qr_sampler_entropy_bytes_total{{{arm('default')}}}"
+            if len(of(ok_direct, "default")) == len(of(healthy, "default")):
+                # Every byte the plugin counted for the default source was served, and
+                # counted, by the server. The server also answered the engine's start-up
+                # check: one 1-byte request.
                 wait_for(
                     "server bytes",
                     lambda: (
                         total(prom, "qr_entropy_server_bytes_served_total")
-                        == total(prom, "qr_sampler_entropy_bytes_total") + 1
+                        == total(prom, default_bytes) + 1
                     ),
                     60,
                     lambda: {
                         "server": total(prom, "qr_entropy_server_bytes_served_total"),
-                        "plugin": total(prom, "qr_sampler_entropy_bytes_total"),
+                        "plugin": total(prom, default_bytes),
                         "records": len(records(records_path)),
                     },
                 )
-                # Each row is 1,024 S bytes and randomized_pit's 7 V bytes.
-                assert total(prom, "qr_sampler_entropy_bytes_total") == (1024 + 7) * len(healthy)
+            # Each row is 1,024 S bytes and randomized_pit's 7 V bytes.
+            ok = [r for r in healthy if r["status"] == "ok"]
+            for name in ("default", "control"):
+                nbytes = total(prom, f"qr_sampler_entropy_bytes_total{{{arm(name)}}}")
+                assert nbytes == (1024 + 7) * len(of(ok, name))
             assert total(prom, 'qr_sampler_drift_tokens{window="lifetime"}') == len(ok_direct)
             assert total(prom, "qr_sampler_health_test_failures_total") == 0
-            assert prom.scalar('qr_sampler_breaker_state{state="closed"}') == 1.0
+            closed = f'qr_sampler_breaker_state{{{arm("default")},state="closed"}}'
+            assert prom.scalar(closed) == 1.0
+            # The step time is per step, whatever its sources: one series, no source labels.
+            step_series = prom.query("qr_sampler_step_seconds_count")["data"]["result"]
+            assert len(step_series) == 1
+            assert not {"source", "qr_source"} & set(step_series[0]["metric"])
             assert total(prom, "qr_sampler_step_seconds_count") > 0
-            assert total(prom, "qr_sampler_entropy_fetch_seconds_count") > 0
 
             # --- the entropy server dies in the middle of a request ------------------------
             before = len(healthy)
@@ -212,14 +243,23 @@ def test_prometheus_counts_match_the_records_before_and_after_the_server_dies(
             worker.join(300)
             assert not worker.is_alive()
             complete(12)  # entirely after the server's death
+            complete(12, "control")  # the control arm does not need the server
             wait_for("Prometheus to see the fallback records", settled(expected_fallback=12))
             after = records(records_path)
             flagged = sum(r["is_fallback"] for r in after)
             assert flagged >= 12
-            assert total(prom, "qr_sampler_fallback_tokens_total") == flagged
+            assert flagged == sum(r["is_fallback"] for r in of(after, "default"))
+            fallback = f"qr_sampler_fallback_tokens_total{{{arm('default')}}}"
+            assert total(prom, fallback) == flagged
+            control_fallback = f"qr_sampler_fallback_tokens_total{{{arm('control')}}}"
+            assert total(prom, control_fallback) == 0
+            for name in ("default", "control"):
+                tokens = f"qr_sampler_tokens_total{{{arm(name)}}}"
+                assert total(prom, tokens) == len(of(after, name))
             assert total(prom, "qr_sampler_tokens_total") == len(after)
             assert total(prom, "qr_sampler_records_dropped_total") == 0
-            assert total(prom, 'qr_sampler_breaker_transitions_total{state="open"}') >= 1
+            opened = f'qr_sampler_breaker_transitions_total{{{arm("default")},state="open"}}'
+            assert total(prom, opened) >= 1
             # The rules are loaded and evaluated: the server-down alert is on its way.
             wait_for("up == 0", lambda: prom.scalar('up{job="qr-entropy-server"}') == 0.0, 60)
             wait_for(

@@ -26,6 +26,7 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",
     "$__interval": "15s",
     "$__range": "1h",
+    "$qr_source": ".*",
     "$source": ".*",
 }
 
@@ -144,7 +145,7 @@ def test_the_dashboard_shows_every_metric_and_its_panels_do_not_overlap() -> Non
 
     grpc_source = QuantumGrpcSource()
     metrics = SamplerMetrics(grpc_source, DriftMonitor(10, 0.0), records=dict)
-    metrics.drift.observe("quantum_grpc", [0.0])  # type: ignore[arg-type]
+    metrics.drift.observe("default", [0.0])  # type: ignore[arg-type]
     register(metrics)
     try:
         text = generate_latest(registry()).decode()
@@ -170,3 +171,26 @@ def test_the_dashboard_shows_every_metric_and_its_panels_do_not_overlap() -> Non
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in cells, f"panel {panel['title']!r} overlaps another"
                 cells.add((x, y))
+
+
+def test_per_source_panels_follow_the_qr_source_variable() -> None:
+    """Every panel of a per-source plugin metric filters on, and shows, the named source."""
+    data = json.loads(DASHBOARD.read_text())
+    names = [v["name"] for v in data["templating"]["list"]]
+    assert names[:2] == ["qr_source", "source"]
+    unlabelled = ("qr_sampler_records_", "qr_sampler_step_seconds")  # per engine / per step
+    checked = 0
+    for panel in data["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            metrics = set(re.findall(r"qr_sampler_\w+", expr))
+            if not metrics or all(m.startswith(unlabelled) for m in metrics):
+                continue
+            where = f"panel {panel['title']!r} {target['refId']}"
+            selectors = re.findall(r"qr_sampler_\w+\{([^}]*)\}", expr)
+            assert len(selectors) == expr.count("qr_sampler_"), f"{where}: {expr}"
+            for selector in selectors:
+                assert 'qr_source=~"$qr_source"' in selector, f"{where}: {expr}"
+            assert "{{qr_source}}" in target["legendFormat"], where
+            checked += 1
+    assert checked >= 12

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from qr_vllm._records import N_VALUE_COLUMNS, Column, EngineIdentity, RequestInfo, StepRecords
 
 ENGINE = EngineIdentity("0" * 32, None)
 
 
-def info(serial: int = 1, *, full: bool = False, diagnostic: bool = False) -> RequestInfo:
+def info(
+    serial: int = 1, *, full: bool = False, diagnostic: bool = False, source: str = "default"
+) -> RequestInfo:
     return RequestInfo(
         request_serial=serial,
         session="sess",
@@ -16,7 +20,7 @@ def info(serial: int = 1, *, full: bool = False, diagnostic: bool = False) -> Re
         config_hash="0123456789abcdef",
         temperature_strategy="fixed",
         signal_amplifier="zscore_mean",
-        source="default",
+        source=source,
         sample_count=16,
         v_bytes=0,
         top_k=50,
@@ -35,7 +39,10 @@ def step(
     fallback: bool = False,
     full: bool = False,
     diagnostic: bool = False,
+    qr_source: str | Sequence[str] = "default",
 ) -> StepRecords:
+    """``rows`` records; ``qr_source``: the rows' named source (one, or one per row)."""
+    named = [qr_source] * rows if isinstance(qr_source, str) else list(qr_source)
     values = None
     tokens = np.full(rows, 7, dtype=np.int64)
     if status == "ok":
@@ -52,7 +59,9 @@ def step(
         tokens = values[:, Column.TOKEN_ID].astype(np.int64)
     return StepRecords(
         runner="v1",
-        requests=tuple(info(i + 1, full=full, diagnostic=diagnostic) for i in range(rows)),
+        requests=tuple(
+            info(i + 1, full=full, diagnostic=diagnostic, source=named[i]) for i in range(rows)
+        ),
         slots=np.arange(rows, dtype=np.int64),
         sequence_numbers=np.full(rows, start_seq, dtype=np.int64),
         values=values,

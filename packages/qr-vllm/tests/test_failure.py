@@ -15,6 +15,7 @@ from qr_vllm import QRSamplerConfig, SamplingLogger
 from qr_vllm._emit import RecordEmitter
 from qr_vllm._failure import (
     LEADER_FAILED,
+    FailedRequests,
     describe,
     fail_requests,
     is_expected,
@@ -53,6 +54,21 @@ def test_requests_fail_once_and_are_logged(caplog: pytest.LogCaptureFixture) -> 
     assert f"request {a.info.request_serial}" in message
     assert "'a'" in message
     assert "E: now" in message
+
+
+def test_failed_requests_are_counted_by_their_named_source() -> None:
+    res = resolver(sources={"control": {"entropy_source_type": "system"}})
+    a, b = state(res, label="a"), state(res, label="b", source="control")
+    c = state(res, label="c", source="control", failure="E: earlier")
+    failed = FailedRequests()
+    assert fail_requests([a, b, c], "E: now", failed) == 2
+    assert fail_requests([a, b, c], "E: again", failed) == 0  # each is counted once
+    failed.count("control")  # a request refused by the engine itself
+    assert failed.snapshot() == {"default": 1, "control": 2}
+    assert failed.total() == 3
+    snapshot = failed.snapshot()
+    failed.count("default")
+    assert snapshot == {"default": 1, "control": 2}  # a copy: a scrape reads it apart
 
 
 def test_rows_without_a_stop_token_are_left_to_vllm() -> None:

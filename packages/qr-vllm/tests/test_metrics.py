@@ -1,4 +1,4 @@
-"""The plugin's metrics: counting from records, scrape-time state, the real HTTP endpoint."""
+"""The plugin's metrics: counting by named source, scrape-time state, the HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from qr_vllm._metrics_export import (
     start_metrics,
     unregister,
 )
+from qr_vllm._records import Column
 
 
 def free_port() -> int:
@@ -64,7 +65,10 @@ def test_counters_follow_the_records(tmp_path: Path, mock_source: FallbackEntrop
     log = SamplingLogger("none", tmp_path / "r.jsonl")
     assert log.sink is not None
     metrics = SamplerMetrics(
-        mock_source, DriftMonitor(100, 0.0), failed_requests=lambda: 3, records=log.sink.stats
+        mock_source,
+        DriftMonitor(100, 0.0),
+        failed_requests=lambda: {"default": 3},
+        records=log.sink.stats,
     )
     log.metrics = metrics
     register(metrics)
@@ -72,37 +76,92 @@ def test_counters_follow_the_records(tmp_path: Path, mock_source: FallbackEntrop
         log.log_step(step(3))
         log.log_step(step(2, fallback=True))
         log.log_step(step(4, status="failed"))
+        metrics.observe_step_time(0.002)
         assert log.sink.flush()
         text = scrape_text()
     finally:
         unregister(metrics)
         log.close()
-    src = "mock_uniform"  # the configured source, not the fallback that stood in
-    assert value(text, "qr_sampler_tokens_total", source=src) == 5
-    assert value(text, "qr_sampler_fallback_tokens_total", source=src) == 2
-    assert value(text, "qr_sampler_failed_tokens_total", source=src) == 4
-    assert value(text, "qr_sampler_failed_requests_total", source=src) == 3
-    assert value(text, "qr_sampler_entropy_bytes_total", source=src) == 5 * 16
-    assert value(text, "qr_sampler_entropy_fetch_seconds_count", source=src) == 2
+    # The configured source, not the fallback that stood in; the engine's own: "default".
+    src = {"source": "mock_uniform", "qr_source": "default"}
+    assert value(text, "qr_sampler_tokens_total", **src) == 5
+    assert value(text, "qr_sampler_fallback_tokens_total", **src) == 2
+    assert value(text, "qr_sampler_failed_tokens_total", **src) == 4
+    assert value(text, "qr_sampler_failed_requests_total", **src) == 3
+    assert value(text, "qr_sampler_entropy_bytes_total", **src) == 5 * 16
+    assert value(text, "qr_sampler_entropy_fetch_seconds_count", **src) == 2
+    # The step time is one per step, whatever sources it served: no source labels.
+    assert value(text, "qr_sampler_step_seconds_count") == 1
     assert value(text, "qr_sampler_records_written_total") == 9
     assert value(text, "qr_sampler_records_dropped_total") == 0
     assert value(text, "qr_sampler_records_queued_steps") == 0
     # Only the 3 non-fallback ok tokens feed the drift monitor.
-    assert value(text, "qr_sampler_drift_tokens", source=src, window="lifetime") == 3
-    assert value(text, "qr_sampler_drift_z", source=src, window="sliding") == 0.0
-    assert (
-        value(text, "qr_sampler_health_test_failures_total", source=src, test="repetition_count")
-        == 0
-    )
+    assert value(text, "qr_sampler_drift_tokens", **src, window="lifetime") == 3
+    assert value(text, "qr_sampler_drift_z", **src, window="sliding") == 0.0
+    assert value(text, "qr_sampler_health_test_failures_total", **src, test="repetition_count") == 0
     # No breaker on a mock source: no breaker series.
     assert not [k for k in samples(text) if k[0].startswith("qr_sampler_breaker")]
 
 
-def test_health_failures_by_test_are_read_from_the_source(
+def test_two_named_sources_count_and_drift_apart(mock_source: FallbackEntropySource) -> None:
+    control = EntropySourceRegistry.get("system")()
+    failed = {"default": 1, "control": 2}
+    metrics = SamplerMetrics(
+        mock_source, DriftMonitor(100, 0.0), failed_requests=lambda: failed,
+        named={"control": control},
+    )  # fmt: skip
+    default_step, control_step = step(3), step(2, qr_source="control")
+    default_step.values[:, Column.Z_SCORE] = 1.0  # type: ignore[index]
+    control_step.values[:, Column.Z_SCORE] = -2.0  # type: ignore[index]
+    metrics.observe_step(default_step)
+    metrics.observe_step(control_step)
+    metrics.observe_step(step(4, qr_source="control", fallback=True))
+    # A step failed as a whole: one group holding both sources' rows.
+    metrics.observe_step(step(3, status="failed", qr_source=["default", "control", "control"]))
+    metrics.observe_step_time(0.001)
+    register(metrics)
+    try:
+        text = scrape_text()
+    finally:
+        unregister(metrics)
+    default = {"source": "mock_uniform", "qr_source": "default"}
+    ctl = {"source": "system", "qr_source": "control"}
+    expected = {
+        "qr_sampler_tokens_total": (3, 6),
+        "qr_sampler_fallback_tokens_total": (0, 4),
+        "qr_sampler_failed_tokens_total": (1, 2),
+        "qr_sampler_failed_requests_total": (1, 2),
+        "qr_sampler_entropy_bytes_total": (3 * 16, 6 * 16),
+        "qr_sampler_entropy_fetch_seconds_count": (1, 2),
+    }
+    for name, (want_default, want_control) in expected.items():
+        assert value(text, name, **default) == want_default, name
+        assert value(text, name, **ctl) == want_control, name
+    # Each arm has its own Stouffer Z: sum(z) / sqrt(n) of its own non-fallback tokens.
+    assert value(text, "qr_sampler_drift_tokens", **default, window="lifetime") == 3
+    assert value(text, "qr_sampler_drift_tokens", **ctl, window="lifetime") == 2
+    assert value(text, "qr_sampler_drift_z", **default, window="lifetime") == pytest.approx(
+        3 / 3**0.5
+    )
+    assert value(text, "qr_sampler_drift_z", **ctl, window="lifetime") == pytest.approx(-4 / 2**0.5)
+    assert value(text, "qr_sampler_step_seconds_count") == 1
+    # A name outside the configuration (the engine never sees one) stays apart, bounded.
+    metrics.observe_step(step(1, qr_source="stray"))
+    register(metrics)
+    try:
+        text = scrape_text()
+    finally:
+        unregister(metrics)
+    assert value(text, "qr_sampler_tokens_total", source="unknown", qr_source="stray") == 1
+    assert value(text, "qr_sampler_tokens_total", **default) == 3
+
+
+def test_health_failures_by_test_are_read_from_each_named_source(
     mock_source: FallbackEntropySource,
 ) -> None:
-    metrics = SamplerMetrics(mock_source, DriftMonitor(10, 0.0))
-    monitor = mock_source.primary.health_monitor
+    other = EntropySourceRegistry.build("mock_uniform", QRSamplerConfig(mock_seed=2))
+    metrics = SamplerMetrics(mock_source, DriftMonitor(10, 0.0), named={"qrng": other})
+    monitor = other.health_monitor  # type: ignore[attr-defined]
     with pytest.raises(HealthTestFailure):
         monitor.test_block(np.zeros(4096, dtype=np.uint8))  # a stuck device
     register(metrics)
@@ -110,29 +169,46 @@ def test_health_failures_by_test_are_read_from_the_source(
         text = scrape_text()
     finally:
         unregister(metrics)
-    labels = {"source": "mock_uniform"}
-    rct = value(text, "qr_sampler_health_test_failures_total", **labels, test="repetition_count")
-    apt = value(text, "qr_sampler_health_test_failures_total", **labels, test="adaptive_proportion")
-    assert rct + apt == 1
+
+    def failures(qr_source: str) -> float:
+        labels = {"source": "mock_uniform", "qr_source": qr_source}
+        metric = "qr_sampler_health_test_failures_total"
+        rct = value(text, metric, **labels, test="repetition_count")
+        return rct + value(text, metric, **labels, test="adaptive_proportion")
+
+    assert failures("qrng") == 1  # the named source whose own monitor failed
+    assert failures("default") == 0
 
 
-def test_breaker_state_and_transitions_of_a_grpc_source() -> None:
+def test_breaker_state_and_transitions_of_each_named_grpc_source() -> None:
     clock = [0.0]
-    source = QuantumGrpcSource(
-        GrpcSettings(cb_max_consecutive_failures=1, cb_recovery_window_s=5.0),
-        clock=lambda: clock[0],
-    )
+    settings = GrpcSettings(cb_max_consecutive_failures=1, cb_recovery_window_s=5.0)
+    source = QuantumGrpcSource(settings, clock=lambda: clock[0])
+    steady = QuantumGrpcSource(settings, clock=lambda: clock[0])
+    system = EntropySourceRegistry.get("system")()
     metrics = SamplerMetrics(
-        FallbackEntropySource(source, EntropySourceRegistry.get("system")()), DriftMonitor(10, 0.0)
+        FallbackEntropySource(source, system), DriftMonitor(10, 0.0), named={"qrng2": steady}
     )
     breaker = source.circuit_breaker
+
+    def state(text: str, qr_source: str, s: str) -> float:
+        labels = {"source": "quantum_grpc", "qr_source": qr_source, "state": s}
+        return value(text, "qr_sampler_breaker_state", **labels)
+
+    def entries(text: str, qr_source: str, s: str) -> float:
+        labels = {"source": "quantum_grpc", "qr_source": qr_source, "state": s}
+        return value(text, "qr_sampler_breaker_transitions_total", **labels)
+
     register(metrics)
     try:
         assert breaker.allow_request()
         breaker.record_failure()  # opens
         text = scrape_text()
-        assert value(text, "qr_sampler_breaker_state", source="quantum_grpc", state="open") == 1
-        assert value(text, "qr_sampler_breaker_state", source="quantum_grpc", state="closed") == 0
+        assert state(text, "default", "open") == 1
+        assert state(text, "default", "closed") == 0
+        # The other named source has its own breaker, still closed.
+        assert state(text, "qrng2", "closed") == 1
+        assert entries(text, "qrng2", "open") == 0
         clock[0] = 6.0
         assert breaker.allow_request()  # half-open probe
         breaker.record_success(0.001)  # closes
@@ -140,12 +216,11 @@ def test_breaker_state_and_transitions_of_a_grpc_source() -> None:
     finally:
         unregister(metrics)
         source.close()
-    assert value(text, "qr_sampler_breaker_state", source="quantum_grpc", state="closed") == 1
-    for state in ("open", "half_open", "closed"):
-        assert (
-            value(text, "qr_sampler_breaker_transitions_total", source="quantum_grpc", state=state)
-            == 1
-        )
+        steady.close()
+    assert state(text, "default", "closed") == 1
+    for s in ("open", "half_open", "closed"):
+        assert entries(text, "default", s) == 1
+        assert entries(text, "qrng2", s) == 0
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
@@ -165,14 +240,15 @@ def test_the_endpoint_serves_metrics_and_a_busy_port_is_only_a_warning(
 ) -> None:
     port = free_port()
     config = QRSamplerConfig(metrics_port=port)
-    metrics = start_metrics(config, None, mock_source, lambda: 0, None)
+    metrics = start_metrics(config, None, mock_source, named={}, failed_requests=dict, sink=None)
     assert metrics is not None
     assert metrics in collector().live()
     try:
         metrics.observe_step(step(2))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
             text = r.read().decode()
-        assert value(text, "qr_sampler_tokens_total", source="mock_uniform") == 2
+        labels = {"source": "mock_uniform", "qr_source": "default"}
+        assert value(text, "qr_sampler_tokens_total", **labels) == 2
         assert start_endpoint("127.0.0.1", port)  # the same endpoint again: already there
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
@@ -189,13 +265,15 @@ def test_the_endpoint_serves_metrics_and_a_busy_port_is_only_a_warning(
 def test_metrics_are_off_by_default_and_follow_the_data_parallel_rank(
     mock_source: FallbackEntropySource,
 ) -> None:
-    assert start_metrics(QRSamplerConfig(), None, mock_source, lambda: 0, None) is None
+    off = QRSamplerConfig()
+    assert start_metrics(off, None, mock_source, named={}, failed_requests=dict, sink=None) is None
     base = free_port()
     vllm_config = type("C", (), {"parallel_config": type("P", (), {"data_parallel_rank": 1})()})()
     # The rank-1 replica listens one port above the configured one.
     metrics = start_metrics(
-        QRSamplerConfig(metrics_port=base - 1), vllm_config, mock_source, lambda: 0, None
-    )
+        QRSamplerConfig(metrics_port=base - 1), vllm_config, mock_source,
+        named={}, failed_requests=dict, sink=None,
+    )  # fmt: skip
     assert metrics is not None
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{base}/metrics", timeout=30) as r:

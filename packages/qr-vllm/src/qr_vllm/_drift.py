@@ -1,12 +1,14 @@
-"""`DriftMonitor`: a live Stouffer Z of each source's token z-scores, with a warning.
+"""`DriftMonitor`: a live Stouffer Z of each named source's token z-scores, with a warning.
 
 Under the null hypothesis (an unbiased source) every token's ``z_score`` is an
 independent standard normal, so Stouffer's Z of n tokens, ``sum(z) / sqrt(n)``,
 is standard normal too, however large n grows. A source whose bytes' mean has
 drifted by d per byte moves every z by ``d / SEM``, and Stouffer's Z grows as
 ``sqrt(n) * d / SEM``: a bias far too small for the per-block SP 800-90B health
-tests shows up here. The monitor keeps, per source, Z over a sliding window of
-the last tokens and Z over the engine's lifetime; both are exported as gauges.
+tests shows up here. The monitor keeps, per key, Z over a sliding window of the
+last tokens and Z over the engine's lifetime; both are exported as gauges.
+`qr_vllm._metrics` keys it by named source (``qr_source``), so that a study's
+control and QRNG arms drift apart.
 
 With a threshold, it logs one warning when either |Z| first exceeds it, and
 re-arms only once both are back below ``threshold - REARM_MARGIN`` (one standard
@@ -152,7 +154,7 @@ class DriftMonitor:
         if not state.outside and largest > self.threshold:
             state.outside = True
             logger.warning(
-                "entropy drift on source %s: Stouffer Z %+.2f over the last %d tokens, "
+                "entropy drift on qr_source %s: Stouffer Z %+.2f over the last %d tokens, "
                 "%+.2f over %d tokens since start (threshold %.2f); the source's output "
                 "may be biased: check it with qr-entropy check",
                 source,
@@ -165,7 +167,7 @@ class DriftMonitor:
         elif state.outside and largest < self.threshold - REARM_MARGIN:
             state.outside = False
             logger.info(
-                "entropy drift on source %s back inside: Stouffer Z %+.2f (window), "
+                "entropy drift on qr_source %s back inside: Stouffer Z %+.2f (window), "
                 "%+.2f (lifetime)",
                 source,
                 window_z,

@@ -23,6 +23,7 @@ logger = logging.getLogger("qr_sampler")
 
 __all__ = [
     "LEADER_FAILED",
+    "FailedRequests",
     "describe",
     "fail_requests",
     "is_expected",
@@ -44,14 +45,45 @@ def is_expected(exc: BaseException) -> bool:
     return isinstance(exc, EntropyUnavailableError)
 
 
-def fail_requests(states: Sequence[SlotState], error: str) -> int:
-    """Mark the requests failed (those not failed already) and log each; returns how many."""
+class FailedRequests:
+    """The requests failed so far, by the named source each drew from (its ``qr_source``).
+
+    Counted on the engine thread; a metrics scrape reads a `snapshot` from another.
+    """
+
+    __slots__ = ("_by_source",)
+
+    def __init__(self) -> None:
+        self._by_source: dict[str, int] = {}
+
+    def count(self, source: str) -> None:
+        """One more failed request of the named source ``source``."""
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        """The counts by named source (a copy)."""
+        return dict(self._by_source)
+
+    def total(self) -> int:
+        """Failed requests of every named source."""
+        return sum(self.snapshot().values())
+
+
+def fail_requests(
+    states: Sequence[SlotState], error: str, failed: FailedRequests | None = None
+) -> int:
+    """Mark the requests failed (those not failed already) and log each; returns how many.
+
+    Each newly failed request is also counted in ``failed`` under its named source.
+    """
     count = 0
     for state in states:
         if state.failure:
             continue
         state.failure = error
         count += 1
+        if failed is not None:
+            failed.count(state.info.source)
         if state.stop_token >= 0:
             logger.error(
                 "request %d (session=%r label=%r) failed: no entropy for its token (%s); "

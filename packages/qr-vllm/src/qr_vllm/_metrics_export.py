@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from qr_entropy import EntropySource
 
 from qr_vllm._config import QRSamplerConfig
 from qr_vllm._drift import DriftMonitor
-from qr_vllm._metrics import SamplerMetrics
+from qr_vllm._metrics import UNKNOWN_SOURCE, Histogram, SamplerMetrics
 from qr_vllm._sink import JsonlRecordSink
 
 __all__ = [
@@ -72,14 +72,13 @@ class MetricsCollector:
             HistogramMetricFamily,
         )
 
-        live = self.live()
-        src = ["source"]
+        src = ["source", "qr_source"]  # every per-source series: see qr_vllm._metrics
 
-        def counter(name: str, doc: str, labels: list[str] = src) -> Any:
-            return CounterMetricFamily(f"{_PREFIX}_{name}", doc, labels=labels)
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+            return CounterMetricFamily(f"{_PREFIX}_{name}", doc, labels=[*src, *labels])
 
-        def gauge(name: str, doc: str, labels: list[str] = src) -> Any:
-            return GaugeMetricFamily(f"{_PREFIX}_{name}", doc, labels=labels)
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+            return GaugeMetricFamily(f"{_PREFIX}_{name}", doc, labels=[*src, *labels])
 
         tokens = counter("tokens", "Tokens chosen with entropy (fallback bytes included).")
         fallback = counter("fallback_tokens", "Tokens whose bytes came from the fallback source.")
@@ -89,32 +88,38 @@ class MetricsCollector:
         health = counter(
             "health_test_failures",
             "SP 800-90B continuous health-test failures of the source, by test.",
-            ["source", "test"],
+            ("test",),
         )
-        state = gauge(
-            "breaker_state", "1 for the circuit breaker's current state.", ["source", "state"]
-        )
+        state = gauge("breaker_state", "1 for the circuit breaker's current state.", ("state",))
         transitions = counter(
-            "breaker_transitions", "Circuit-breaker entries into each state.", ["source", "state"]
+            "breaker_transitions", "Circuit-breaker entries into each state.", ("state",)
         )
         drift = gauge(
             "drift_z",
             "Stouffer Z of the tokens' z-scores (window: sliding, lifetime: since start).",
-            ["source", "window"],
+            ("window",),
         )
-        drift_n = gauge("drift_tokens", "Tokens behind drift_z.", ["source", "window"])
-        written = counter("records_written", "Records written to the records file.", [])
-        dropped = counter("records_dropped", "Records dropped (writer behind, disk error).", [])
-        queued = gauge("records_queued_steps", "Steps waiting for the records writer.", [])
+        drift_n = gauge("drift_tokens", "Tokens behind drift_z.", ("window",))
+        written = CounterMetricFamily(
+            f"{_PREFIX}_records_written", "Records written to the records file.", labels=[]
+        )
+        dropped = CounterMetricFamily(
+            f"{_PREFIX}_records_dropped", "Records dropped (writer behind, disk error).", labels=[]
+        )
+        queued = GaugeMetricFamily(
+            f"{_PREFIX}_records_queued_steps", "Steps waiting for the records writer.", labels=[]
+        )
         fetch = HistogramMetricFamily(
             f"{_PREFIX}_entropy_fetch_seconds",
-            "Wall time of each step's entropy fetch.",
+            "Wall time of each step's entropy fetch, per named source.",
             labels=src,
         )
         step = HistogramMetricFamily(
-            f"{_PREFIX}_step_seconds", "Wall time of the processor's apply per step.", labels=src
+            f"{_PREFIX}_step_seconds",
+            "Wall time of the processor's apply per step (all its named sources: no source label).",
+            labels=[],
         )
-        # Several processors of one process (tests, tools) may share a source name:
+        # Several processors of one process (tests, tools) may share label values:
         # counters and histograms add up, gauges take the last one seen.
         # Metric families are not hashable: the tables are keyed by the family's name.
         families = {f.name: f for f in (tokens, fallback, failed_tokens, failed, nbytes, health)}
@@ -122,43 +127,54 @@ class MetricsCollector:
         families.update({f.name: f for f in (written, dropped, queued)})
         sums: dict[tuple[str, tuple[str, ...]], float] = {}
         last: dict[tuple[str, tuple[str, ...]], float] = {}
-        hists: dict[tuple[str, str], tuple[list[float], float]] = {}
+        hists: dict[tuple[str, tuple[str, ...]], tuple[list[float], float]] = {}
         les: dict[str, list[str]] = {}
 
         def add(family: Any, labels: tuple[str, ...], value: float) -> None:
             key = (family.name, labels)
             sums[key] = sums.get(key, 0.0) + value
 
+        def add_hist(family: Any, labels: tuple[str, ...], hist: Histogram) -> None:
+            buckets, total, _ = hist.cumulative()
+            les[family.name] = [le for le, _ in buckets]
+            key = (family.name, labels)
+            counts, old_total = hists.get(key, ([0.0] * len(buckets), 0.0))
+            hists[key] = (
+                [c + b for c, (_, b) in zip(counts, buckets, strict=True)],
+                old_total + total,
+            )
+
         records_seen = False
-        for m in live:
-            name = (m.source_name,)
-            add(tokens, name, m.tokens)
-            add(fallback, name, m.fallback_tokens)
-            add(failed_tokens, name, m.failed_tokens)
-            add(failed, name, int(m.failed_requests()))
-            add(nbytes, name, m.bytes_fetched)
-            for test, count in m.health_failures().items():
-                add(health, (*name, test), count)
-            breaker = m.breaker()
-            if breaker is not None:
-                current, entries = breaker
-                for s in _BREAKER_STATES:
-                    last[(state.name, (*name, s))] = 1.0 if s == current else 0.0
-                    add(transitions, (*name, s), entries.get(s, 0))
-            for source, snap in m.drift.snapshot().items():
-                last[(drift.name, (source, "sliding"))] = snap.window_z
-                last[(drift.name, (source, "lifetime"))] = snap.lifetime_z
-                last[(drift_n.name, (source, "sliding"))] = snap.window_tokens
-                last[(drift_n.name, (source, "lifetime"))] = snap.lifetime_tokens
-            for hist, family in ((m.fetch_seconds, fetch), (m.step_seconds, step)):
-                buckets, total, _ = hist.cumulative()
-                les[family.name] = [le for le, _ in buckets]
-                key = (family.name, m.source_name)
-                counts, old_total = hists.get(key, ([0.0] * len(buckets), 0.0))
-                hists[key] = (
-                    [c + b for c, (_, b) in zip(counts, buckets, strict=True)],
-                    old_total + total,
-                )
+        labels: tuple[str, ...]
+        for m in self.live():
+            by_source = m.by_source  # one consistent dict: it is replaced, never changed
+            failures = m.failed_requests()
+            for name in failures.keys() - by_source.keys():
+                add(failed, (UNKNOWN_SOURCE, name), int(failures[name]))
+            for counts in by_source.values():
+                labels = counts.labels
+                add(tokens, labels, counts.tokens)
+                add(fallback, labels, counts.fallback_tokens)
+                add(failed_tokens, labels, counts.failed_tokens)
+                add(failed, labels, int(failures.get(counts.name, 0)))
+                add(nbytes, labels, counts.bytes_fetched)
+                add_hist(fetch, labels, counts.fetch_seconds)
+                for test, count in counts.health_failures().items():
+                    add(health, (*labels, test), count)
+                breaker = counts.breaker()
+                if breaker is not None:
+                    current, entries = breaker
+                    for s in _BREAKER_STATES:
+                        last[(state.name, (*labels, s))] = 1.0 if s == current else 0.0
+                        add(transitions, (*labels, s), entries.get(s, 0))
+            for name, snap in m.drift.snapshot().items():
+                known = by_source.get(name)
+                labels = known.labels if known is not None else (UNKNOWN_SOURCE, name)
+                last[(drift.name, (*labels, "sliding"))] = snap.window_z
+                last[(drift.name, (*labels, "lifetime"))] = snap.lifetime_z
+                last[(drift_n.name, (*labels, "sliding"))] = snap.window_tokens
+                last[(drift_n.name, (*labels, "lifetime"))] = snap.lifetime_tokens
+            add_hist(step, (), m.step_seconds)
             if m.records is not None:
                 stats = m.records()
                 records_seen = True
@@ -170,8 +186,10 @@ class MetricsCollector:
                 add(family, (), 0)
         for (fname, labels), value in (*sums.items(), *last.items()):
             families[fname].add_metric(list(labels), value)
-        for (fname, source), (counts, total) in hists.items():
-            families[fname].add_metric([source], list(zip(les[fname], counts, strict=True)), total)
+        for (fname, labels), (cumulative, total) in hists.items():
+            families[fname].add_metric(
+                list(labels), list(zip(les[fname], cumulative, strict=True)), total
+            )
         yield from (tokens, fallback, failed_tokens, failed, nbytes, health, fetch, step)
         yield from (state, transitions, drift, drift_n, written, dropped, queued)
 
@@ -244,10 +262,16 @@ def start_metrics(
     config: QRSamplerConfig,
     vllm_config: Any,
     source: EntropySource,
-    failed_requests: Callable[[], int],
+    *,
+    named: Mapping[str, EntropySource],
+    failed_requests: Callable[[], Mapping[str, int]],
     sink: JsonlRecordSink | None,
 ) -> SamplerMetrics | None:
     """The metrics of a new processor (rank 0), exposed on its process's endpoint.
+
+    Args:
+        source: The engine's own source (``default``); named: those of ``QR_SOURCES``.
+        failed_requests: Reads the failed requests by named source.
 
     Returns:
         None when ``QR_METRICS_PORT`` is 0 (metrics and the drift monitor off).
@@ -259,6 +283,7 @@ def start_metrics(
         DriftMonitor(config.metrics_drift_window, config.metrics_drift_z_threshold),
         failed_requests=failed_requests,
         records=sink.stats if sink is not None else None,
+        named=named,
     )
     register(metrics)
     start_endpoint(config.metrics_host, config.metrics_port + _data_parallel_rank(vllm_config))

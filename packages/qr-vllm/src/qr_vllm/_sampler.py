@@ -106,7 +106,7 @@ class BatchSampler:
         #: The qr-sampled requests by batch slot (the processor applies vLLM's changes).
         self.slots = SlotTable()
         self.selector = TokenSelector()
-        self.failed_requests = 0
+        self.failed_requests = _failure.FailedRequests()  # by named source
         self._buffers = StepBuffers(device, pin_memory, device_path=device_path)
         #: True when the step takes the accelerator's path (no host reads of device values).
         self.device_path = self._buffers.device_path
@@ -356,7 +356,7 @@ class BatchSampler:
 
     def _fail_rows(self, logits: torch.Tensor, dev: DevicePlan, error: str, health: str) -> None:
         sampled = dev.plan.sampled
-        self.failed_requests += _failure.fail_requests(sampled.states, error)
+        _failure.fail_requests(sampled.states, error, self.failed_requests)
         self.slots.changed()
         rows, tokens = _failure.stop_rows(sampled.rows, sampled.states)
         if rows.size:

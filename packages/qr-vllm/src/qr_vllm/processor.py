@@ -150,11 +150,11 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
         self.compile_s = warm_up(vllm_config, device)  # seconds compiling (QR_COMPILE)
         # Metrics live where tokens are sampled: rank 0 only (see qr_vllm._metrics_export).
         self._metrics: SamplerMetrics | None = None
-        if not follower:
-            sampler = self._sampler  # not self: the metrics must not keep the processor alive
+        if not follower:  # nothing passed may hold self: the metrics must not keep it alive
             self._metrics = start_metrics(
-                self.config, vllm_config, self._source, lambda: sampler.failed_requests,
-                self.sampling_logger.sink,
+                self.config, vllm_config, self._source, named=self._named,
+                failed_requests=self._sampler.failed_requests.snapshot,
+                sink=self.sampling_logger.sink,
             )  # fmt: skip
             self.sampling_logger.metrics = self._metrics
         self._serials = itertools.count(1)
@@ -304,7 +304,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             "runner": self.runner,
             "source": self._source.health_check(),
             "sources": {name: src.health_check() for name, src in self._named.items()},
-            "failed_requests": self._sampler.failed_requests,
+            "failed_requests": self._sampler.failed_requests.total(),
             "active_requests": len(self._sampler.slots),
             **self.sampling_logger.summary(),
         }
@@ -362,7 +362,7 @@ class QRSamplerLogitsProcessor(_V1LogitsProcessor, _V2LogitsProcessor):
             failure=failure,
         )
         if failure:
-            self._sampler.failed_requests += 1
+            self._sampler.failed_requests.count(state.info.source)
         return state
 
 
