@@ -40,7 +40,9 @@ def _near_boundary(row: np.ndarray, temperature: float, u: float, token: int) ->
     return bool(np.min(np.abs(edges - target)) <= 1e-6 * cum[-1])
 
 
-def _same(x: torch.Tensor, temps: list[float], u: torch.Tensor, general: object, fast: object) -> None:
+def _same(
+    x: torch.Tensor, temps: list[float], u: torch.Tensor, general: object, fast: object
+) -> None:
     g_tok, f_tok = general.token_id.tolist(), fast.token_id.tolist()  # type: ignore[attr-defined]
     for i, (a, b) in enumerate(zip(g_tok, f_tok, strict=True)):
         if a != b:
@@ -48,7 +50,9 @@ def _same(x: torch.Tensor, temps: list[float], u: torch.Tensor, general: object,
             continue
         assert fast.token_rank[i] == general.token_rank[i]  # type: ignore[attr-defined]
         np.testing.assert_allclose(
-            float(fast.token_prob[i]), float(general.token_prob[i]), rtol=1e-5  # type: ignore[attr-defined]
+            float(fast.token_prob[i]),
+            float(general.token_prob[i]),
+            rtol=1e-5,  # type: ignore[attr-defined]
         )
     assert fast.num_candidates.tolist() == general.num_candidates.tolist()  # type: ignore[attr-defined]
 
@@ -63,7 +67,7 @@ def _same(x: torch.Tensor, temps: list[float], u: torch.Tensor, general: object,
     banned=st.integers(0, 50),
     u_edge=st.sampled_from([None, 1e-12, 1 - 1e-12]),
 )
-def test_the_fast_path_chooses_the_general_paths_token(
+def test_the_fast_path_chooses_the_general_paths_token(  # noqa: PLR0917 - hypothesis
     rows: int,
     vocab: int,
     scale: float,

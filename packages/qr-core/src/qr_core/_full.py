@@ -32,13 +32,18 @@ __all__ = ["PreparedFull", "full_batch", "prepare_full"]
 
 #: Narrowest rows this path takes; narrower ones are cheaper sorted (qr_core._small).
 MIN_VOCAB = 4097
-#: Most rows this path takes: it walks the rows one by one on the host.
-MAX_ROWS = 4
+#: Most rows this path takes: it walks the rows one by one on the host, which beats
+#: the general path's whole-batch operations only while the batch is small.
+MAX_ROWS = 8
+#: Most logits (rows times vocabulary) this path takes, for the same reason.
+MAX_ELEMENTS = 1 << 19
 #: A row's heads, tried in turn: every logit within ``span · T`` of its maximum
 #: (probability at least ``e^-span`` of the top token's), a prefix of the canonical order.
 HEAD_SPANS = (4.0, 8.0, 16.0)
 #: Widest head sorted on the host; a wider one sends its row to the buckets.
 MAX_HEAD = 8192
+#: Tokens per chunk whose maximum is kept, so that a head reads only its chunks.
+CHUNK = 256
 
 
 def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None) -> bool:
@@ -56,6 +61,7 @@ def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None)
         or logits.ndim != 2
         or logits.shape[1] < MIN_VOCAB
         or logits.shape[0] > MAX_ROWS
+        or logits.shape[0] * logits.shape[1] > MAX_ELEMENTS
         or logits.requires_grad
         or is_sync_free()
         or str(logits.dtype) not in ("torch.float32", "torch.float64", "torch.bfloat16")
@@ -113,19 +119,44 @@ def prepare_full(logits: Any, values: dict[str, object]) -> PreparedFull | None:
         temps = [float(temperature)] * rows  # type: ignore[arg-type]
     if not all(t > 0 for t in temps):
         return None
-    states = [_row_state(row, t) for row, t in zip(x.numpy(), temps, strict=True)]
+    states = [_row_state(row, t) for row, t in zip(x, temps, strict=True)]
     return PreparedFull(x, values, temps, states)
 
 
-def _row_state(x: np.ndarray, temperature: float) -> _Row:
-    """A row's maximum, weights ``exp((x - max) / T)`` and their total (float64)."""
+def _row_state(xt: Any, temperature: float) -> _Row:
+    """A row's maximum, weights ``exp((x - max) / T)`` with their total (float64), its
+    chunk maxima and its finite count. Reductions in torch (vectorised, float64
+    accumulation), the weights in place in one numpy array."""
+    import torch  # noqa: PLC0415
+
+    x = xt.numpy()
     inv_t = 1.0 / temperature
-    top = float(x.max())
+    low, high = (float(v) for v in torch.aminmax(xt))
+    top = high
     with np.errstate(under="ignore"):
-        z = np.exp((x - x.dtype.type(top)) * x.dtype.type(inv_t))
-    total = float(np.sum(z, dtype=np.float64))
-    count = x.size if float(x.min()) > -np.inf else int(np.count_nonzero(x > -np.inf))
-    return _Row(x, top, inv_t, z, total, count)
+        z = np.subtract(x, x.dtype.type(top))
+        z *= x.dtype.type(inv_t)
+        np.exp(z, out=z)
+    total = float(torch.from_numpy(z).sum(dtype=torch.float64))
+    finite = x.size if low > -np.inf else int(np.count_nonzero(x > -np.inf))
+    whole = x.size // CHUNK * CHUNK
+    chunk_max = xt[:whole].view(-1, CHUNK).amax(1).numpy()
+    with np.errstate(under="ignore"):
+        chunk_z = np.exp((chunk_max - x.dtype.type(top)) * x.dtype.type(inv_t))
+    return _Row(x, top, inv_t, z, total, finite, chunk_z)
+
+
+def _head_ids(row: _Row, threshold: float) -> np.ndarray:
+    """Ascending ids of the tokens whose weight is at least ``threshold``.
+
+    Only chunks whose largest weight reaches it are read (weights rise with the
+    logits, so no other chunk holds one), and the few tokens past the last chunk.
+    """
+    chunks = np.flatnonzero(row.chunk_z >= threshold)
+    n = row.x.size
+    ids = (chunks[:, None] * CHUNK + np.arange(CHUNK)).ravel()
+    ids = np.concatenate([ids, np.arange(row.chunk_z.size * CHUNK, n)])
+    return ids[row.z[ids] >= threshold]
 
 
 def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
@@ -134,7 +165,10 @@ def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
     x, z = row.x, row.z
     for span in HEAD_SPANS:
         # Every logit within span·T of the maximum: a prefix of the canonical order.
-        ids = np.flatnonzero(z >= np.exp(-span))
+        threshold = float(np.exp(-span))
+        if int(np.count_nonzero(row.chunk_z >= threshold)) * CHUNK > MAX_HEAD * 4:
+            return None
+        ids = _head_ids(row, threshold)
         if ids.size > MAX_HEAD:
             return None
         if float(np.sum(z[ids], dtype=np.float64)) <= target:
@@ -158,6 +192,7 @@ class _Row(NamedTuple):
     z: np.ndarray
     total: float
     finite: int
+    chunk_z: np.ndarray  # the largest weight of each whole chunk of `CHUNK` tokens
 
 
 def _prepare_buckets(x: Any, inv_t64: Any) -> tuple[Any, ...]:

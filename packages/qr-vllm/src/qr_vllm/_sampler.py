@@ -318,7 +318,9 @@ class BatchSampler:
         return greedy(t_out), h_out
 
     def _prepare(self, sub: torch.Tensor, temperature: torch.Tensor, dev: DevicePlan) -> Any:
-        assert dev.top_k is not None and dev.top_p is not None and dev.min_p is not None
+        assert dev.top_k is not None
+        assert dev.top_p is not None
+        assert dev.min_p is not None
         filters = dev.plan.filters
         return self.selector.prepare_batch(
             sub,
@@ -326,8 +328,7 @@ class BatchSampler:
             top_k=dev.top_k,
             top_p=dev.top_p,
             min_p=dev.min_p,
-            # Every per-row value was checked at admission (validate_params) and
-            # by the config model; u comes clamped from the amplifier.
+            # Checked at admission and by the config model; u comes clamped from the amplifier.
             validate=False,
             # The head is sized from the plan's top-k, not from a device read.
             host_top_k=None if filters is None else filters.top_k,
