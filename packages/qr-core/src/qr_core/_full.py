@@ -156,7 +156,8 @@ def _head_ids(row: _Row, threshold: float) -> np.ndarray:
     n = row.x.size
     ids = (chunks[:, None] * CHUNK + np.arange(CHUNK)).ravel()
     ids = np.concatenate([ids, np.arange(row.chunk_z.size * CHUNK, n)])
-    return ids[row.z[ids] >= threshold]
+    head: np.ndarray = ids[row.z[ids] >= threshold]
+    return head
 
 
 def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
