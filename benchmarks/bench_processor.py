@@ -11,7 +11,9 @@ Run in the vLLM environment: ``python benchmarks/bench_processor.py [--quick] [-
     processor spent at start (``QR_COMPILE``; 0 when off);
 (m) the cost of the Prometheus metrics and drift monitor (``QR_METRICS_PORT`` set)
     on the same per-step time at B ∈ {8, 64}, V = 32000: metrics on and off in the
-    same run, timed alternately so that load on the machine hits both alike;
+    same run, each round in a new order so that load hits every processor alike,
+    with the median of the rounds' on/off ratios, a second metrics-off processor
+    as the noise floor (A/A), and the metrics' bookkeeping per step timed alone;
 (f) the entropy fetch plus amplification of 64 × 20,480 bytes against reading
     the same bytes from os.urandom;
 (g) one step at B = 64 × 20,480 bytes with the per-row digests of the entropy
@@ -180,7 +182,14 @@ def metrics_work(b: int) -> float:
     return (time.perf_counter() - started) / n
 
 
-def metrics_cost(quick: bool) -> list[tuple[int, float, float]]:
+def metrics_cost(quick: bool) -> list[tuple[int, float, float, float, float]]:
+    """Per B: median step with metrics on, off, the median of the on/off ratios of the
+    same round, and the same for a second metrics-off processor (the noise floor, A/A).
+
+    The three processors run once per round, in every order in turn, so that neither
+    load nor position favours one.
+    """
+    import itertools
     import socket
 
     import torch
@@ -193,11 +202,12 @@ def metrics_cost(quick: bool) -> list[tuple[int, float, float]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    repeat = 15 if quick else 60
     rows = []
+    orders = list(itertools.permutations(range(3)))
     for b in (8, 64):
+        repeat = (60 if quick else 600) if b <= 8 else (24 if quick else 180)
         procs = []
-        for metrics_port in (port, 0):
+        for metrics_port in (port, 0, 0):
             config = QRSamplerConfig(
                 entropy_source_type="system",
                 log_level="none",
@@ -211,17 +221,26 @@ def metrics_cost(quick: bool) -> list[tuple[int, float, float]]:
             procs.append(proc)
         base = torch.randn(b, 32000) * 3
         work = base.clone()
-        samples: list[list[float]] = [[], []]
+        samples: list[list[float]] = [[], [], []]
         for proc in procs:  # warm-up
             work.copy_(base)
             proc.apply(work)
-        for i in range(2 * repeat):
-            which = i % 2 if (i // 2) % 2 == 0 else 1 - i % 2  # ABBA: no order bias
-            work.copy_(base)
-            started = time.perf_counter()
-            procs[which].apply(work)
-            samples[which].append(time.perf_counter() - started)
-        rows.append((b, statistics.median(samples[0]), statistics.median(samples[1])))
+        for i in range(repeat):
+            for which in orders[i % len(orders)]:
+                work.copy_(base)
+                started = time.perf_counter()
+                procs[which].apply(work)
+                samples[which].append(time.perf_counter() - started)
+        on, off, other = samples
+        rows.append(
+            (
+                b,
+                statistics.median(on),
+                statistics.median(off),
+                statistics.median([a / c for a, c in zip(on, off, strict=True)]),
+                statistics.median([a / c for a, c in zip(other, off, strict=True)]),
+            )
+        )
         for proc in procs:
             proc.close()
     return rows
@@ -355,15 +374,20 @@ def main() -> None:
     cost = metrics_cost(args.quick)
     print("\n(m) per-step time with metrics on vs off, ms (V=32000, same run, alternating)")
     print(
-        f"{'B':>3} {'metrics on':>11} {'metrics off':>12} {'ratio':>6} "
+        f"{'B':>3} {'metrics on':>11} {'metrics off':>12} {'paired':>7} {'A/A':>6} "
         f"{'metrics work':>13} {'work/step':>10}"
     )
-    for b, on, off in cost:
+    for b, on, off, paired, floor in cost:
         work = metrics_work(b)
         print(
-            f"{b:>3} {on * 1e3:>11.3f} {off * 1e3:>12.3f} {on / off:>6.3f} "
+            f"{b:>3} {on * 1e3:>11.3f} {off * 1e3:>12.3f} {paired:>7.3f} {floor:>6.3f} "
             f"{work * 1e3:>13.4f} {work / off:>9.2%}"
         )
+    print(
+        "paired: median over rounds of on/off; A/A: the same for a second metrics-off "
+        "processor against the first (the noise floor); metrics work: the bookkeeping of "
+        "one step timed alone"
+    )
     old_f, new_f, urandom_f = fetch_vs_urandom(args.quick)
     print("\n(f) 64 x 20,480 bytes: fetch + amplification vs os.urandom, ms")
     for name, ours_f in (("zscore_mean", old_f), ("randomized_pit (+7 B/row)", new_f)):

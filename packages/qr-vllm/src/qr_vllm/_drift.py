@@ -69,11 +69,12 @@ class _SourceDrift:
         self.since_resum = 0
         self.outside = False
 
-    def add(self, z: np.ndarray) -> None:
+    def add(self, z: np.ndarray, total: float) -> None:
+        """Add the finite z-scores ``z``, whose sum is ``total``."""
         k = int(z.size)
         size = self.buffer.size
         self.lifetime_n += k
-        self.lifetime_sum += float(z.sum())
+        self.lifetime_sum += total
         if k >= size:
             self.buffer[:] = z[k - size :]
             self.pos = 0
@@ -101,7 +102,7 @@ class _SourceDrift:
             self.window_sum = float(self.buffer.sum())
             self.since_resum = 0
         else:
-            self.window_sum += float(z.sum()) - removed
+            self.window_sum += total - removed
 
     def snapshot(self) -> DriftSnapshot:
         return DriftSnapshot(
@@ -134,16 +135,17 @@ class DriftMonitor:
     def observe(self, source: str, z_scores: np.ndarray) -> None:
         """Add the z-scores of one step's tokens from ``source`` (non-fallback, ok tokens)."""
         z = np.asarray(z_scores, dtype=np.float64).reshape(-1)
-        if z.size == 0:
-            return
-        z = z[np.isfinite(z)]
+        total = float(z.sum())
+        if not math.isfinite(total):  # rare: leave out the non-finite z-scores
+            z = z[np.isfinite(z)]
+            total = float(z.sum())
         if z.size == 0:
             return
         with self._lock:
             state = self._sources.get(source)
             if state is None:
                 state = self._sources[source] = _SourceDrift(self.window)
-            state.add(z)
+            state.add(z, total)
             if self.threshold > 0.0:
                 self._check(source, state)
 
