@@ -44,6 +44,8 @@ HEAD_SPANS = (4.0, 8.0, 16.0)
 MAX_HEAD = 8192
 #: Tokens per chunk whose maximum is kept, so that a head reads only its chunks.
 CHUNK = 256
+#: Narrowest rows whose chunk maxima are kept (narrower ones are read whole).
+CHUNKED_VOCAB = 1 << 16
 
 
 def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None) -> bool:
@@ -139,10 +141,12 @@ def _row_state(xt: Any, temperature: float) -> _Row:
         np.exp(z, out=z)
     total = float(torch.from_numpy(z).sum(dtype=torch.float64))
     finite = x.size if low > -np.inf else int(np.count_nonzero(x > -np.inf))
-    whole = x.size // CHUNK * CHUNK
-    chunk_max = xt[:whole].view(-1, CHUNK).amax(1).numpy()
-    with np.errstate(under="ignore"):
-        chunk_z = np.exp((chunk_max - x.dtype.type(top)) * x.dtype.type(inv_t))
+    chunk_z = None
+    if x.size >= CHUNKED_VOCAB:
+        whole = x.size // CHUNK * CHUNK
+        chunk_max = xt[:whole].view(-1, CHUNK).amax(1).numpy()
+        with np.errstate(under="ignore"):
+            chunk_z = np.exp((chunk_max - x.dtype.type(top)) * x.dtype.type(inv_t))
     return _Row(x, top, inv_t, z, total, finite, chunk_z)
 
 
@@ -152,8 +156,12 @@ def _head_ids(row: _Row, threshold: float) -> np.ndarray:
     Only chunks whose largest weight reaches it are read (weights rise with the
     logits, so no other chunk holds one), and the few tokens past the last chunk.
     """
+    if row.chunk_z is None:
+        return np.flatnonzero(row.z >= threshold)
     chunks = np.flatnonzero(row.chunk_z >= threshold)
     n = row.x.size
+    if chunks.size * CHUNK * 4 >= n:  # most of the row: one plain pass costs less
+        return np.flatnonzero(row.z >= threshold)
     ids = (chunks[:, None] * CHUNK + np.arange(CHUNK)).ravel()
     ids = np.concatenate([ids, np.arange(row.chunk_z.size * CHUNK, n)])
     head: np.ndarray = ids[row.z[ids] >= threshold]
@@ -167,8 +175,6 @@ def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
     for span in HEAD_SPANS:
         # Every logit within span·T of the maximum: a prefix of the canonical order.
         threshold = float(np.exp(-span))
-        if int(np.count_nonzero(row.chunk_z >= threshold)) * CHUNK > MAX_HEAD * 4:
-            return None
         ids = _head_ids(row, threshold)
         if ids.size > MAX_HEAD:
             return None
@@ -193,7 +199,7 @@ class _Row(NamedTuple):
     z: np.ndarray
     total: float
     finite: int
-    chunk_z: np.ndarray  # the largest weight of each whole chunk of `CHUNK` tokens
+    chunk_z: np.ndarray | None  # the largest weight of each whole chunk of `CHUNK` tokens
 
 
 def _prepare_buckets(x: Any, inv_t64: Any) -> tuple[Any, ...]:
