@@ -60,7 +60,7 @@ def _same(
 @settings(max_examples=60, deadline=None)
 @given(
     rows=st.integers(1, MAX_ROWS),
-    vocab=st.sampled_from([4097, 6000, 32000]),
+    vocab=st.sampled_from([2, 50, 723, 4097, 6000, 32000, 70000]),
     scale=st.sampled_from([0.5, 3.0, 12.0]),
     temperature=st.floats(0.05, 3.0),
     seed=st.integers(0, 2**31 - 1),
@@ -78,8 +78,8 @@ def test_the_fast_path_chooses_the_general_paths_token(  # noqa: PLR0917 - hypot
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, vocab, generator=gen) * scale
-    x[:, 1] = x[:, 5]  # a tie: the lower id comes first
-    x[0, 10 : 10 + banned] = float("-inf")
+    x[:, 0] = x[:, -1]  # a tie: the lower id comes first
+    x[0, 1 : 1 + min(banned, vocab - 2)] = float("-inf")
     u = torch.rand(rows, generator=gen, dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
     if u_edge is not None:
         u[0] = u_edge
@@ -122,7 +122,8 @@ def test_what_the_fast_path_takes() -> None:
     assert not full_batch(x, {**values, "top_p": torch.tensor([1.0, 0.9])}, None)
     assert not full_batch(x, {**values, "min_p": torch.tensor([0.0, 0.1])}, None)
     assert not full_batch(torch.randn(MAX_ROWS + 1, 5000), values, None)
-    assert not full_batch(torch.randn(2, 4096), values, None)  # the fused small path's
+    assert full_batch(torch.randn(2, 64), values, None)  # unless the compiled small path is on
+    assert not full_batch(torch.randn(2, 1), values, None)
     assert not full_batch(x.numpy(), values, None)
     assert isinstance(prepare_full(x, values), PreparedFull)
     # A greedy row: the general path takes the batch (and it picks the top token).

@@ -30,11 +30,12 @@ from qr_core._locate import BUCKET_WIDTH, BUCKETS
 
 __all__ = ["PreparedFull", "full_batch", "prepare_full"]
 
-#: Narrowest rows this path takes; narrower ones are cheaper sorted (qr_core._small).
-MIN_VOCAB = 4097
+#: Narrowest rows this path takes (the compiled small path, qr_core._small, takes rows
+#: of up to 4,096 logits first when it is on).
+MIN_VOCAB = 2
 #: Most rows this path takes: it walks the rows one by one on the host, which beats
 #: the general path's whole-batch operations only while the batch is small.
-MAX_ROWS = 8
+MAX_ROWS = 32
 #: Most logits (rows times vocabulary) this path takes, for the same reason.
 MAX_ELEMENTS = 1 << 19
 #: A row's heads, tried in turn: every logit within ``span · T`` of its maximum
