@@ -135,6 +135,17 @@ def test_what_the_fast_path_takes() -> None:
     assert int(picked.token_id[1]) == int(x[1].argmax())
 
 
+def test_host_and_scalar_temperatures() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3000, generator=gen) * 3
+    u = torch.rand(2, generator=gen, dtype=torch.float64)
+    for temperature in (0.9, np.array([0.9, 1.3])):
+        assert isinstance(prepare_full(x, {"temperature": temperature, **_OFF}), PreparedFull)
+        general, fast = _both(x, temperature, u)
+        temps = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (2,)).tolist()
+        _same(x, temps, u, general, fast)
+
+
 def test_bfloat16_and_float64_logits() -> None:
     gen = torch.Generator().manual_seed(7)
     base = torch.randn(3, 8000, generator=gen) * 4

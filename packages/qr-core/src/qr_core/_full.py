@@ -118,8 +118,9 @@ def prepare_full(logits: Any, values: dict[str, object]) -> PreparedFull | None:
     temperature = values["temperature"]
     if isinstance(temperature, torch.Tensor):
         temps = [float(t) for t in temperature.expand(rows).tolist()]
-    else:
-        temps = [float(temperature)] * rows  # type: ignore[arg-type]
+    else:  # a scalar or a host array
+        host = np.asarray(temperature, dtype=np.float64)
+        temps = [float(t) for t in np.broadcast_to(host, (rows,)).tolist()]
     if not all(t > 0 for t in temps):
         return None
     states = [_row_state(row, t) for row, t in zip(x, temps, strict=True)]
