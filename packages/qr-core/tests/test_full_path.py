@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from qr_core import TokenSelector
-from qr_core._full import MAX_HEAD, MAX_ROWS, PreparedFull, full_batch, prepare_full
+from qr_core._full import (
+    MAX_ELEMENTS,
+    MAX_HEAD,
+    MAX_ROWS,
+    PreparedFull,
+    full_batch,
+    prepare_full,
+)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -76,6 +83,7 @@ def test_the_fast_path_chooses_the_general_paths_token(  # noqa: PLR0917 - hypot
     banned: int,
     u_edge: float | None,
 ) -> None:
+    rows = min(rows, MAX_ELEMENTS // vocab)  # every draw takes the short path
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, vocab, generator=gen) * scale
     x[:, 0] = x[:, -1]  # a tie: the lower id comes first
@@ -84,13 +92,14 @@ def test_the_fast_path_chooses_the_general_paths_token(  # noqa: PLR0917 - hypot
     if u_edge is not None:
         u[0] = u_edge
     temps = torch.full((rows,), temperature, dtype=torch.float64)
+    assert full_batch(x, {"temperature": temps, **_OFF}, None)
     general, fast = _both(x, temps, u)
     _same(x, [temperature] * rows, u, general, fast)
 
 
 def test_a_flat_row_goes_to_the_buckets_and_keeps_id_order() -> None:
     # Every logit equal: each head is the whole row (wider than MAX_HEAD), so the row
-    # takes the bucket pass; the canonical order is then the id order.
+    # goes to the general path (its bucket pass); the canonical order is the id order.
     x = torch.zeros(2, 32000)
     assert x.shape[1] > MAX_HEAD
     u = torch.tensor([0.25, 0.999_999], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Small full-vocabulary CPU batches: threshold heads on the host, buckets as fallback.
+"""Small full-vocabulary CPU batches: threshold heads on the host, else the general path.
 
 When every row of a small CPU tensor batch is sampled with no top-k, no min-p
 and no top-p (``k = 0, p = 1, T > 0``), the general head path of
@@ -14,8 +14,9 @@ view:
   mass exceeds ``u · total`` is sorted (logit descending, ids ascending) and
   walked, which decides the row exactly.
 
-Rows no head decides take the bucket pass of ``qr_core._locate`` (all of them at
-once, in torch), and far-tail rows are sorted whole. See ARCHITECTURE.md, design
+Rows no head decides (rare: nearly flat rows) go through the general path of
+``qr_core._head``, all of them at once: its head, the bucket pass of
+``qr_core._locate``, and a sort for far-tail rows. See ARCHITECTURE.md, design
 note "Full-vocabulary rows".
 """
 
@@ -26,7 +27,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from qr_core._array import Backend
-from qr_core._locate import BUCKET_WIDTH, BUCKETS
 
 __all__ = ["PreparedFull", "full_batch", "prepare_full"]
 
@@ -41,7 +41,7 @@ MAX_ELEMENTS = 1 << 19
 #: A row's heads, tried in turn: every logit within ``span · T`` of its maximum
 #: (probability at least ``e^-span`` of the top token's), a prefix of the canonical order.
 HEAD_SPANS = (4.0, 8.0, 16.0)
-#: Widest head sorted on the host; a wider one sends its row to the buckets.
+#: Widest head sorted on the host; a wider one sends its row to the general path.
 MAX_HEAD = 8192
 #: Tokens per chunk whose maximum is kept, so that a head reads only its chunks.
 CHUNK = 256
@@ -124,7 +124,7 @@ def prepare_full(logits: Any, values: dict[str, object]) -> PreparedFull | None:
     if not all(t > 0 for t in temps):
         return None
     states = [_row_state(row, t) for row, t in zip(x, temps, strict=True)]
-    return PreparedFull(x, values, temps, states)
+    return PreparedFull(x, values, states)
 
 
 def _row_state(xt: Any, temperature: float) -> _Row:
@@ -204,32 +204,14 @@ class _Row(NamedTuple):
     chunk_z: np.ndarray | None  # the largest weight of each whole chunk of `CHUNK` tokens
 
 
-def _prepare_buckets(x: Any, inv_t64: Any) -> tuple[Any, ...]:
-    """The bucket pass of `PreparedFull.select` (rows whose u fell past their head)."""
-    import torch  # noqa: PLC0415
-
-    rows = x.shape[0]
-    top = x.amax(1)
-    d = torch.sub(top[:, None], x).mul_(inv_t64.to(x.dtype)[:, None])
-    z = torch.neg(d).exp_()
-    bucket = d.mul_(1.0 / BUCKET_WIDTH).clamp_(max=BUCKETS - 1).to(torch.int64)
-    mass = torch.zeros((rows, BUCKETS), dtype=z.dtype).scatter_add_(1, bucket, z)
-    cum = mass.to(torch.float64).cumsum_(1)
-    count = (x > float("-inf")).sum(1)
-    return top.to(torch.float64), bucket, cum, count
-
-
 class PreparedFull:
     """A full-vocabulary batch with everything but u done (see `prepare_full`)."""
 
-    __slots__ = ("_rows", "_temps", "_values", "x")
+    __slots__ = ("_rows", "_values", "x")
 
-    def __init__(
-        self, x: Any, values: dict[str, object], temps: list[float], rows: list[_Row]
-    ) -> None:
+    def __init__(self, x: Any, values: dict[str, object], rows: list[_Row]) -> None:
         self.x = x  # the logits, float32 or float64, contiguous
         self._values = values
-        self._temps = temps
         self._rows = rows
 
     def select_rows(self, xp: Backend, u: Any) -> tuple[Any, Any, Any, Any]:
@@ -258,73 +240,22 @@ class PreparedFull:
         )
         if missed:
             rows = torch.tensor(missed, dtype=torch.int64)
-            for dst, part in zip(out, self._buckets(xp, rows, u[rows]), strict=True):
+            for dst, part in zip(out, self._general(xp, rows, u[rows]), strict=True):
                 dst[rows] = part
         return out
 
-    def _buckets(self, xp: Backend, rows: Any, u: Any) -> tuple[Any, Any, Any, Any]:
-        """The rows ``rows`` at ``u`` through the bucket pass; far-tail rows sorted whole."""
-        import torch  # noqa: PLC0415
+    def _general(self, xp: Backend, rows: Any, u: Any) -> tuple[Any, Any, Any, Any]:
+        """The rows ``rows`` at ``u`` through the general path (head, buckets, sort)."""
+        from qr_core._head import select_rows  # noqa: PLC0415
+        from qr_core._params import RowParams, row_param  # noqa: PLC0415
+        from qr_core._selection import DEFAULT_HEAD_SIZE  # noqa: PLC0415
 
-        x = self.x[rows]
-        inv_t = 1.0 / torch.tensor([self._temps[i] for i in rows.tolist()], dtype=torch.float64)
-        top, bucket, cum, count = _prepare_buckets(x, inv_t)
-        token, rank, prob, far = _locate_buckets(x, top, inv_t, bucket, cum, u)
-        if bool(far.any()):
-            from qr_core._head import filter_rows, finish_rows  # noqa: PLC0415
-            from qr_core._params import RowParams, row_param  # noqa: PLC0415
-
-            n = int(x.shape[1])
-            full = {
-                k: xp.take_rows(row_param(xp, k, v, self.x.shape[0], integer=k == "top_k"), rows)
+        n = int(self.x.shape[0])
+        params = RowParams(
+            **{
+                k: xp.take_rows(row_param(xp, k, v, n, integer=k == "top_k"), rows)
                 for k, v in self._values.items()
-            }
-            params = RowParams(**full, u=u)
-            sub_x, sub = xp.take_rows(x, far), params.take(xp, far)
-            filtered = filter_rows(xp, sub_x, sub, n, check=False)  # a head of n: sorted whole
-            results = finish_rows(xp, sub_x, sub, n, filtered)
-            for dst, part in zip((token, rank, prob, count), results, strict=True):
-                xp.put_rows_(dst, far, part)
-        return token, rank, prob, count
-
-
-def _locate_buckets(  # noqa: PLR0917 - the bucket state, positionally as made
-    x: Any, top: Any, inv_t: Any, bucket: Any, cum: Any, u: Any
-) -> tuple[Any, Any, Any, Any]:
-    """Token, rank and probability per row from its buckets, and the far-tail rows."""
-    import torch  # noqa: PLC0415
-
-    rows = x.shape[0]
-    total = cum[:, -1]
-    target = u * total
-    # The first bucket whose cumulative mass exceeds the target, never past the last
-    # bucket that adds mass (u within rounding of 1): as in qr_core._locate.
-    chosen = torch.minimum(
-        torch.searchsorted(cum, target[:, None].contiguous(), right=True)[:, 0],
-        torch.searchsorted(cum, total[:, None].contiguous())[:, 0],
-    )
-    far = chosen >= BUCKETS - 1
-    chosen.clamp_(max=BUCKETS - 2)
-    before = torch.where(chosen > 0, cum.gather(1, (chosen - 1).clamp(min=0)[:, None])[:, 0], 0.0)
-    rank_before = (bucket < chosen[:, None]).sum(1)
-    r, c = (bucket == chosen[:, None]).nonzero(as_tuple=True)  # row-major: ids ascending
-    values = x[r, c]
-    # Canonical order inside each row's bucket: logit descending, ties by ascending id
-    # (stable on the row-major ids), then the rows back together (stable again).
-    order = torch.sort(values, descending=True, stable=True).indices
-    order = order[torch.sort(r[order], stable=True).indices]
-    r, c, values = r[order], c[order], values[order]
-    if r.shape[0] == 0:  # every row in the far tail: nothing to read
-        zeros = torch.zeros(rows, dtype=torch.int64)
-        return zeros, zeros.clone(), torch.zeros(rows, dtype=torch.float64), far
-    zb = torch.exp((values.to(torch.float64) - top[r]) * inv_t[r])
-    size = torch.bincount(r, minlength=rows)
-    start = size.cumsum(0) - size
-    run = zb.cumsum(0)
-    base = torch.where(start > 0, run[(start - 1).clamp(min=0)], 0.0)
-    walk = before[r] + (run - base[r])
-    inside = torch.bincount(r, weights=(walk <= target[r]).to(torch.float64), minlength=rows)
-    carrying = torch.bincount(r, weights=(zb > 0).to(torch.float64), minlength=rows)
-    index = torch.minimum(inside, (carrying - 1).clamp(min=0)).to(torch.int64)
-    at = (start + index).clamp(max=int(r.shape[0]) - 1)
-    return c[at], rank_before + index, zb[at] / total, far
+            },
+            u=u,
+        )
+        return select_rows(xp, xp.take_rows(self.x, rows), params, DEFAULT_HEAD_SIZE, check=False)

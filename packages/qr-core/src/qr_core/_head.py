@@ -24,7 +24,7 @@ from qr_core._locate import locatable, locate_rows
 from qr_core._params import RowParams, bad_values, raise_bad_value
 from qr_core._sync import is_sync_free
 
-__all__ = ["filter_rows", "finish_rows", "first_head"]
+__all__ = ["filter_rows", "finish_rows", "first_head", "select_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _largest(xp: Backend, x: Any, k: int) -> tuple[Any, Any, Any]:
     return values, xp.gather(ids, pick), row_max
 
 
-def _select_rows(
+def select_rows(
     xp: Backend, x: Any, params: RowParams, head: int, *, check: bool
 ) -> tuple[Any, Any, Any, Any]:
     """Select for every row of ``x``, retrying undecided rows with wider heads."""
@@ -146,7 +146,7 @@ def finish_rows(
             return token, rank, prob, count
         logger.debug("head of %d undecided for some rows; widening it", head)
         wider = head * _HEAD_GROWTH
-        sub = _select_rows(xp, xp.take_rows(x, retry), params.take(xp, retry), wider, check=False)
+        sub = select_rows(xp, xp.take_rows(x, retry), params.take(xp, retry), wider, check=False)
         for out, part in zip((token, rank, prob, count), sub, strict=True):
             xp.put_rows_(out, retry, part)
         return token, rank, prob, count
@@ -163,7 +163,7 @@ def finish_rows(
             xp.put_rows_(out, located, part)
         if xp.any(far):
             logger.debug("u in the far tail of some rows; sorting them")
-            sorted_rows = _select_rows(
+            sorted_rows = select_rows(
                 xp, xp.take_rows(sub_x, far), sub_params.take(xp, far), n, check=False
             )
             for out, part in zip(results, sorted_rows, strict=True):
@@ -173,7 +173,7 @@ def finish_rows(
             return token, rank, prob, count
     logger.debug("head of %d undecided for some rows; widening it", head)
     wider = head * _HEAD_GROWTH
-    sub = _select_rows(xp, xp.take_rows(x, retry), params.take(xp, retry), wider, check=False)
+    sub = select_rows(xp, xp.take_rows(x, retry), params.take(xp, retry), wider, check=False)
     for out, part in zip(results, sub, strict=True):
         xp.put_rows_(out, retry, part)
     return token, rank, prob, count
