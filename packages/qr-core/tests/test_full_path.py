@@ -126,22 +126,22 @@ def test_what_the_fast_path_takes() -> None:
     values = {"temperature": 0.7, **_OFF}
     assert full_batch(x, values, None)
     assert full_batch(x, values, True)
-    assert not full_batch(x, values, False)  # the caller knows a filter is on
-    assert not full_batch(x, {**values, "top_k": 50}, None)
-    assert not full_batch(x, {**values, "top_p": torch.tensor([1.0, 0.9])}, None)
-    assert not full_batch(x, {**values, "min_p": torch.tensor([0.0, 0.1])}, None)
+    # Rows with a filter on are taken too: their kept prefix (qr_core._kept, its own tests).
+    assert full_batch(x, {**values, "top_k": 50}, False)
     assert not full_batch(torch.randn(MAX_ROWS + 1, 5000), values, None)
     assert full_batch(torch.randn(2, 64), values, None)  # unless the compiled small path is on
     assert not full_batch(torch.randn(2, 1), values, None)
     assert not full_batch(x.numpy(), values, None)
+    assert not full_batch(torch.randn(2, MAX_ELEMENTS // 2 + 1), values, None)
     assert isinstance(prepare_full(x, values), PreparedFull)
-    # A greedy row: the general path takes the batch (and it picks the top token).
+    # A greedy row: its top token, lowest id among ties.
     greedy = {**values, "temperature": torch.tensor([0.7, 0.0], dtype=torch.float64)}
-    assert prepare_full(x, greedy) is None
+    assert isinstance(prepare_full(x, greedy), PreparedFull)
     picked = TokenSelector().select_batch(
         x, temperature=greedy["temperature"], u=0.5, validate=False, **_OFF
     )
     assert int(picked.token_id[1]) == int(x[1].argmax())
+    assert float(picked.token_prob[1]) == 1.0
 
 
 def test_host_and_scalar_temperatures() -> None:

@@ -1,23 +1,23 @@
-"""Small full-vocabulary CPU batches: threshold heads on the host, else the general path.
+"""Small CPU batches: each row decided on the host, else by the general path.
 
-When every row of a small CPU tensor batch is sampled with no top-k, no min-p
-and no top-p (``k = 0, p = 1, T > 0``), the general head path of
-``qr_core._head`` costs hundreds of small operations per step; at batch 1 that
-overhead, not the arithmetic, is the step. Here, per row on a zero-copy numpy
-view:
+On a small CPU tensor batch the general head path of ``qr_core._head`` costs
+hundreds of small operations per step; at batch 1 that overhead, not the
+arithmetic, is the step. Here each row is handled alone, on a zero-copy numpy
+view, by what its parameters need:
 
-- `prepare_full` (before u): the row maximum, the weights ``exp((x - top) / T)``
-  and their total, and the finite count;
-- `PreparedFull.select_rows` (with u): a *threshold head*, every token whose
-  weight is at least ``e^-span`` of the top's (`HEAD_SPANS`), is an upper set of
-  the logits and so a prefix of the canonical order, ties whole; the first whose
-  mass exceeds ``u · total`` is sorted (logit descending, ids ascending) and
-  walked, which decides the row exactly.
+- greedy (T <= 0): the top token;
+- every filter off (``k = 0, p = 1``, no min-p): `prepare_full` (before u) keeps
+  the row maximum, the weights ``exp((x - top) / T)``, their total and the finite
+  count; at u, a *threshold head*, every token whose weight is at least ``e^-span``
+  of the top's (`HEAD_SPANS`), is an upper set of the logits and so a prefix of
+  the canonical order, ties whole; the first whose mass exceeds ``u · total`` is
+  sorted (logit descending, ids ascending) and walked, which decides the row exactly;
+- a filter on: the kept prefix of ``qr_core._kept``, found before u.
 
-Rows no head decides (rare: nearly flat rows) go through the general path of
+Rows neither decides (rare: nearly flat rows) go through the general path of
 ``qr_core._head``, all of them at once: its head, the bucket pass of
 ``qr_core._locate``, and a sort for far-tail rows. See ARCHITECTURE.md, design
-note "Full-vocabulary rows".
+notes "Full-vocabulary rows" and "Filtered rows on the host".
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from qr_core._array import Backend
+from qr_core._kept import Kept, kept_row, pick_kept
 
 __all__ = ["PreparedFull", "full_batch", "prepare_full"]
 
@@ -51,15 +52,14 @@ CHUNKED_VOCAB = 1 << 16
 
 def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None) -> bool:
     """True when ``logits`` is a 2-D float CPU tensor (not in sync-free mode) of at most
-    `MAX_ROWS` rows whose every row has every filter off (``filters_off``: the caller
-    knows; None: read from ``values``, one host read). Temperatures are checked by
-    `prepare_full`."""
+    `MAX_ROWS` rows and `MAX_ELEMENTS` logits: this module takes it, whatever its
+    filters (``filters_off``, what the caller knows of them, is not needed here)."""
     from qr_core._array import is_torch_tensor  # noqa: PLC0415
     from qr_core._sync import is_sync_free  # noqa: PLC0415
 
-    if (
-        filters_off is False
-        or not is_torch_tensor(logits)
+    del values, filters_off
+    return not (
+        not is_torch_tensor(logits)
         or logits.device.type != "cpu"
         or logits.ndim != 2
         or logits.shape[1] < MIN_VOCAB
@@ -68,63 +68,73 @@ def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None)
         or logits.requires_grad
         or is_sync_free()
         or str(logits.dtype) not in ("torch.float32", "torch.float64", "torch.bfloat16")
-    ):
-        return False
-    if filters_off:
-        return True
+    )
+
+
+def _host_list(value: Any, rows: int) -> list[float]:
+    """A per-row parameter (a scalar, a host array or a CPU tensor) as Python numbers."""
     import torch  # noqa: PLC0415
 
-    off = [_all(torch, values[name], op, bound) for name, op, bound in _OFF]
-    if any(o is False for o in off):
-        return False
-    flags = [o for o in off if o is not True]
-    return not flags or bool(torch.stack(flags).all())
-
-
-#: Each filter's "off" test: top-k 0 or -1, top-p 1, min-p 0.
-_OFF = (("top_k", "le", 0), ("top_p", "ge", 1.0), ("min_p", "le", 0.0))
-
-
-def _all(torch: Any, value: Any, op: str, bound: float) -> Any:
-    """``all(value <op> bound)``: a Python bool for a scalar, a 0-d tensor otherwise."""
-    if isinstance(value, int | float):
-        return bool(getattr(float(value), f"__{op}__")(bound))
-    if not is_cpu_tensor(torch, value):
-        return False
-    return getattr(value, op)(bound).all()
-
-
-def is_cpu_tensor(torch: Any, value: Any) -> bool:
-    """A torch tensor on the CPU."""
-    return isinstance(value, torch.Tensor) and value.device.type == "cpu"
+    if isinstance(value, torch.Tensor):
+        if value.ndim == 1 and value.shape[0] == rows:
+            return list(value.tolist())
+        return list(value.expand(rows).tolist())
+    host = np.asarray(value)
+    return list(np.broadcast_to(host, (rows,)).tolist())
 
 
 def prepare_full(logits: Any, values: dict[str, object]) -> PreparedFull | None:
-    """Everything of a full-vocabulary batch that does not depend on u.
+    """Everything of a small CPU batch that does not depend on u.
 
     Args:
         logits: ``(rows, vocab)`` checked logits accepted by `full_batch`.
-        values: The rows' ``temperature``, ``top_k``, ``top_p`` and ``min_p``, scalars
-            or ``(rows,)`` tensors, as given to the selector.
+        values: The rows' ``temperature``, ``top_k``, ``top_p`` and ``min_p``, scalars,
+            host arrays or ``(rows,)`` CPU tensors, as given to the selector.
 
     Returns:
-        None when some row is greedy (T <= 0): the general path takes the batch.
+        The prepared batch: per row a greedy pick (T <= 0), a full-vocabulary row
+        (every filter off), a kept prefix (``qr_core._kept``), or a row left to the
+        general path. None when a parameter is not a CPU value (the general path).
     """
     import torch  # noqa: PLC0415
 
     x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     x = x.contiguous()
     rows = int(x.shape[0])
-    temperature = values["temperature"]
-    if isinstance(temperature, torch.Tensor):
-        temps = [float(t) for t in temperature.expand(rows).tolist()]
-    else:  # a scalar or a host array
-        host = np.asarray(temperature, dtype=np.float64)
-        temps = [float(t) for t in np.broadcast_to(host, (rows,)).tolist()]
-    if not all(t > 0 for t in temps):
+    if not all(_is_host(torch, v) for v in values.values()):
         return None
-    states = [_row_state(row, t) for row, t in zip(x, temps, strict=True)]
+    params = zip(*(_host_list(values[k], rows) for k in _PARAMS), strict=True)
+    states = [_state(row, *p) for row, p in zip(x, params, strict=True)]
     return PreparedFull(x, values, states)
+
+
+#: The per-row parameters, in `_state`'s order.
+_PARAMS = ("temperature", "top_k", "top_p", "min_p")
+
+
+def _is_host(torch: Any, value: Any) -> bool:
+    """A scalar, a host array or a CPU tensor (a device tensor stays on the general path)."""
+    return not isinstance(value, torch.Tensor) or value.device.type == "cpu"
+
+
+def _state(xt: Any, temperature: float, top_k: float, top_p: float, min_p: float) -> _State:
+    """What row ``xt`` needs before u (see `PreparedFull`)."""
+    t = float(temperature)
+    if not t > 0:
+        return _GREEDY
+    k = int(top_k)
+    if k <= 0 and top_p >= 1 and min_p <= 0:
+        return _row_state(xt, t)
+    return kept_row(
+        xt,
+        xt.numpy(),
+        t,
+        top_k=k,
+        top_p=float(top_p),
+        min_p=float(min_p),
+        max_head=MAX_HEAD,
+        full_state=lambda row: _row_state(row, t),
+    )
 
 
 def _row_state(xt: Any, temperature: float) -> _Row:
@@ -152,7 +162,7 @@ def _row_state(xt: Any, temperature: float) -> _Row:
     return _Row(x, top, inv_t, z, total, finite, chunk_z)
 
 
-def _head_ids(row: _Row, threshold: float) -> np.ndarray:
+def head_ids(row: _Row, threshold: float) -> np.ndarray:
     """Ascending ids of the tokens whose weight is at least ``threshold``.
 
     Only chunks whose largest weight reaches it are read (weights rise with the
@@ -177,7 +187,7 @@ def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
     for span in HEAD_SPANS:
         # Every logit within span·T of the maximum: a prefix of the canonical order.
         threshold = float(np.exp(-span))
-        ids = _head_ids(row, threshold)
+        ids = head_ids(row, threshold)
         if ids.size > MAX_HEAD:
             return None
         if float(np.sum(z[ids], dtype=np.float64)) <= target:
@@ -194,6 +204,18 @@ def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
     return None
 
 
+def _pick(x: Any, i: int, row: _State, u: float) -> tuple[int, int, float, int] | None:
+    """Row ``i``'s token, rank, probability and candidate count at u, or None (general path)."""
+    if row is None:
+        return None
+    if isinstance(row, Kept):
+        return pick_kept(row, u)
+    if isinstance(row, str):  # greedy: np.argmax takes the first (lowest id) of tied maxima
+        return int(np.argmax(x[i].numpy())), 0, 1.0, 1
+    found = _in_head(row, u * row.total)
+    return None if found is None else (*found, row.finite)
+
+
 class _Row(NamedTuple):
     x: np.ndarray
     top: float
@@ -204,12 +226,19 @@ class _Row(NamedTuple):
     chunk_z: np.ndarray | None  # the largest weight of each whole chunk of `CHUNK` tokens
 
 
+#: A greedy row (T <= 0): its top token, lowest id among ties.
+_GREEDY = "greedy"
+#: What a row holds before u: greedy, a full-vocabulary row, a kept prefix, or None
+#: (the general path takes the row).
+_State = str | _Row | Kept | None
+
+
 class PreparedFull:
-    """A full-vocabulary batch with everything but u done (see `prepare_full`)."""
+    """A small CPU batch with everything but u done (see `prepare_full`)."""
 
     __slots__ = ("_rows", "_values", "x")
 
-    def __init__(self, x: Any, values: dict[str, object], rows: list[_Row]) -> None:
+    def __init__(self, x: Any, values: dict[str, object], rows: list[_State]) -> None:
         self.x = x  # the logits, float32 or float64, contiguous
         self._values = values
         self._rows = rows
@@ -224,19 +253,19 @@ class PreparedFull:
         count: list[int] = []
         missed: list[int] = []
         for i, (row, ui) in enumerate(zip(self._rows, u.tolist(), strict=True)):
-            found = _in_head(row, ui * row.total)
+            found = _pick(self.x, i, row, ui)
             if found is None:
                 missed.append(i)
-                found = (0, 0, 0.0)
+                found = (0, 0, 0.0, 0)
             token.append(found[0])
             rank.append(found[1])
             prob.append(found[2])
-            count.append(row.finite)
+            count.append(found[3])
         out = (
-            torch.tensor(token, dtype=torch.int64),
-            torch.tensor(rank, dtype=torch.int64),
-            torch.tensor(prob, dtype=torch.float64),
-            torch.tensor(count, dtype=torch.int64),
+            torch.from_numpy(np.array(token, dtype=np.int64)),
+            torch.from_numpy(np.array(rank, dtype=np.int64)),
+            torch.from_numpy(np.array(prob, dtype=np.float64)),
+            torch.from_numpy(np.array(count, dtype=np.int64)),
         )
         if missed:
             rows = torch.tensor(missed, dtype=torch.int64)

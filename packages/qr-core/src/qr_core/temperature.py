@@ -77,10 +77,10 @@ def _entropy_rows(xp: Backend, logits: Any) -> Any:
     """
     small = small_host_view(logits)
     if small is not None:
-        # Same code on a zero-copy numpy view (see SMALL_HOST_ELEMENTS), back as a tensor.
+        # The same arithmetic on a zero-copy numpy view (see SMALL_HOST_ELEMENTS).
         import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
 
-        return torch.from_numpy(_entropy_rows(Backend(), small))
+        return torch.from_numpy(_host_entropy(small))
     rows, vocab = tuple(logits.shape)
     work = xp.work_dtype(logits)
     step = xp.row_block(rows, vocab)
@@ -110,6 +110,28 @@ def _entropy_block(xp: Backend, logits: Any, shifted: Any, weights: Any) -> Any:
         entropy = xp.log(mass) - weighted / mass
     # Rounding can leave a one-hot row at -1e-8; entropy is never negative.
     return xp.maximum(entropy, xp.full((1,), 0.0, entropy.dtype))
+
+
+def _host_entropy(x: np.ndarray) -> np.ndarray:
+    """`_entropy_block` on a small float32/float64 numpy array, in plain numpy calls.
+
+    The same operations in the same dtype, without the backend's scratch buffers:
+    for a step's few thousand logits the calls, not the arithmetic, are the cost.
+    A row that fails the checks goes through `_entropy_block`, which names it.
+    """
+    row_max = np.max(x, axis=1)
+    if not np.isfinite(row_max).all():
+        checked: np.ndarray = _entropy_block(Backend(), x, np.empty_like(x), np.empty_like(x))
+        return checked  # not reached: the checks raise
+    with np.errstate(all="ignore"):  # exp underflow is expected
+        shifted = np.subtract(x, row_max[:, None])
+        np.maximum(shifted, np.finfo(x.dtype).min, out=shifted)  # -inf: weight 0, not NaN
+        weights = np.exp(shifted)
+        mass = np.sum(weights, axis=1)
+        weighted = np.sum(np.multiply(shifted, weights, out=shifted), axis=1)
+        entropy = np.log(mass) - weighted / mass
+    result: np.ndarray = np.maximum(entropy, np.zeros(1, entropy.dtype))
+    return result
 
 
 def _np_dtype(x: Any) -> Any:
