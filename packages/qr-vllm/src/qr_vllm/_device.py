@@ -32,6 +32,7 @@ __all__ = [
     "as_tensor",
     "force",
     "logits_event",
+    "step_stats",
     "warm_up",
 ]
 
@@ -270,6 +271,24 @@ class HostRing:
         host = self._host[index][:rows]
         host.copy_(stats, non_blocking=self.pin_memory)
         return _Pending(host, logits_event(stats), free)
+
+
+def step_stats(
+    columns: list[torch.Tensor], out: np.ndarray, ring: HostRing | None
+) -> _Pending | None:
+    """The step's statistics (token id, rank, probability, candidates, temperature,
+    entropy: one ``(rows,)`` tensor each) into ``out``, a ``(rows, 6)`` float64 view.
+
+    On the CPU (``ring`` None) each column is written into ``out`` now, from a zero-copy
+    view. On an accelerator they are stacked as float64 and their copy to the host is
+    started through ``ring``; the returned pending copy fills ``out`` later.
+    """
+    if ring is None:
+        for j, column in enumerate(columns):
+            host = column if column.dtype != torch.bfloat16 else column.float()
+            out[:, j] = host.numpy()
+        return None
+    return ring.put(torch.stack([c.to(torch.float64) for c in columns], dim=1))
 
 
 def warm_up(selector: TokenSelector, probe: torch.Tensor) -> int:

@@ -48,6 +48,7 @@ from qr_vllm._device import (
     force,
     greedy,
     logits_event,
+    step_stats,
     warm_up,
 )
 from qr_vllm._emit import ReadOnce, RecordEmitter
@@ -233,25 +234,17 @@ class BatchSampler:
         token_ids = as_tensor(sel.token_id, logits)
         force(logits, dev.rows, token_ids)
 
-        # The device columns, in Column order.
-        stats = torch.stack(
-            [
-                token_ids.to(torch.float64),  # Column.TOKEN_ID
-                as_tensor(sel.token_rank, logits).to(torch.float64),  # TOKEN_RANK
-                as_tensor(sel.token_prob, logits).to(torch.float64),  # TOKEN_PROB
-                as_tensor(sel.num_candidates, logits).to(torch.float64),  # NUM_CANDIDATES
-                temperature.to(torch.float64),  # TEMPERATURE
-                entropy.to(torch.float64),  # SHANNON_ENTROPY
-            ],
-            dim=1,
-        )
         values = np.empty((rows, N_VALUE_COLUMNS), dtype=np.float64)
         values[:, Column.U] = u
         values[:, Column.Z_SCORE] = z
         values[:, Column.SAMPLE_MEAN] = mean
-        pending_stats = ReadOnce(self._ring.put(stats)) if self.device_path else None
-        if pending_stats is None:
-            values[:, DEVICE_COLUMNS] = stats.numpy()
+        columns = (token_ids, sel.token_rank, sel.token_prob, sel.num_candidates)
+        stats_copy = step_stats(
+            [*(as_tensor(c, logits) for c in columns), temperature, entropy],
+            values[:, DEVICE_COLUMNS],
+            self._ring if self.device_path else None,
+        )
+        pending_stats = None if stats_copy is None else ReadOnce(stats_copy)
         latency = done - started
         self._records.sampled_step(
             plan, values, fetches, self._positions, pending=pending_stats, latency_ns=latency
