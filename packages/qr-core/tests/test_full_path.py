@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from qr_core import TokenSelector
 from qr_core._full import (
     MAX_ELEMENTS,
+    MAX_FILTERED_ROWS,
     MAX_HEAD,
     MAX_ROWS,
     PreparedFull,
@@ -126,8 +127,17 @@ def test_what_the_fast_path_takes() -> None:
     values = {"temperature": 0.7, **_OFF}
     assert full_batch(x, values, None)
     assert full_batch(x, values, True)
-    # Rows with a filter on are taken too: their kept prefix (qr_core._kept, its own tests).
+    # Rows with a filter on are taken too, in small batches: their kept prefix
+    # (qr_core._kept, its own tests); larger filtered batches take the general path.
     assert full_batch(x, {**values, "top_k": 50}, False)
+    wide = torch.randn(MAX_FILTERED_ROWS + 1, 5000)
+    assert full_batch(wide, values, None)
+    assert full_batch(wide, values, True)
+    assert not full_batch(wide, values, False)
+    assert not full_batch(wide, {**values, "top_k": 50}, None)
+    assert not full_batch(wide, {**values, "top_p": torch.full((9,), 0.9)}, None)
+    assert not full_batch(wide, {**values, "min_p": np.full(9, 0.1)}, None)
+    assert full_batch(torch.randn(1, MAX_ELEMENTS), {**values, "top_k": 50}, None)
     assert not full_batch(torch.randn(MAX_ROWS + 1, 5000), values, None)
     assert full_batch(torch.randn(2, 64), values, None)  # unless the compiled small path is on
     assert not full_batch(torch.randn(2, 1), values, None)

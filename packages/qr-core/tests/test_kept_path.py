@@ -16,7 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from qr_core import TokenSelector
-from qr_core._full import MAX_ELEMENTS, MAX_ROWS, PreparedFull, prepare_full
+from qr_core._full import (
+    FILTERED_ELEMENTS,
+    MAX_FILTERED_ROWS,
+    PreparedFull,
+    full_batch,
+    prepare_full,
+)
 from qr_core._kept import SORT_VOCAB, Kept
 
 torch = pytest.importorskip("torch")
@@ -89,7 +95,7 @@ def _check(x: torch.Tensor, params: dict[str, object], u: torch.Tensor) -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(
-    rows=st.integers(1, MAX_ROWS),
+    rows=st.integers(1, MAX_FILTERED_ROWS),
     vocab=st.sampled_from([2, 3, 50, 723, 4097, 9000, 32000, 70000]),
     scale=st.sampled_from([0.5, 3.0, 12.0]),
     temperature=st.floats(0.05, 3.0),
@@ -112,7 +118,7 @@ def test_filtered_rows_choose_the_general_paths_token(  # noqa: PLR0917 - hypoth
     banned: int,
     greedy: bool,
 ) -> None:
-    rows = min(rows, MAX_ELEMENTS // vocab)  # every draw takes the short path
+    rows = max(1, min(rows, FILTERED_ELEMENTS // vocab))  # every draw takes the short path
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, vocab, generator=gen) * scale
     x[:, 0] = x[:, -1]  # a tie: the lower id comes first
@@ -123,6 +129,7 @@ def test_filtered_rows_choose_the_general_paths_token(  # noqa: PLR0917 - hypoth
     t = torch.full((rows,), temperature, dtype=torch.float64)
     if greedy:
         t[0] = 0.0
+    assert full_batch(x, _params(rows, top_k, top_p, min_p, t), None)
     _check(x, _params(rows, top_k, top_p, min_p, t), u)
 
 

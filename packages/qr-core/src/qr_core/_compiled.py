@@ -29,7 +29,7 @@ __all__ = ["COMPILE_ENV", "MODES", "compiled", "enabled", "mode", "reset", "warm
 
 logger = logging.getLogger("qr_core")
 
-#: The switch: ``auto`` (default: compiled where a compiler is present), ``on``, ``off``.
+#: The switch: ``auto`` (compiled where a compiler is present), ``on``, ``off`` (the default).
 COMPILE_ENV = "QR_COMPILE"
 MODES = ("auto", "on", "off")
 

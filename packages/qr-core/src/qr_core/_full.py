@@ -39,6 +39,12 @@ MIN_VOCAB = 2
 MAX_ROWS = 32
 #: Most logits (rows times vocabulary) this path takes, for the same reason.
 MAX_ELEMENTS = 1 << 19
+#: Most rows, and logits, of a batch with some filter on that this path takes (a batch
+#: of one row it takes up to `MAX_ELEMENTS`): a filtered row costs a partial selection
+#: of its own, and past these sizes the general path's batched one costs less
+#: (measured, design note "Filtered rows on the host").
+MAX_FILTERED_ROWS = 8
+FILTERED_ELEMENTS = 1 << 17
 #: A row's heads, tried in turn: every logit within ``span · T`` of its maximum
 #: (probability at least ``e^-span`` of the top token's), a prefix of the canonical order.
 HEAD_SPANS = (4.0, 8.0, 16.0)
@@ -51,14 +57,15 @@ CHUNKED_VOCAB = 1 << 16
 
 
 def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None) -> bool:
-    """True when ``logits`` is a 2-D float CPU tensor (not in sync-free mode) of at most
-    `MAX_ROWS` rows and `MAX_ELEMENTS` logits: this module takes it, whatever its
-    filters (``filters_off``, what the caller knows of them, is not needed here)."""
+    """True when this module takes ``logits``: a 2-D float CPU tensor (not in sync-free
+    mode) of at most `MAX_ROWS` rows and `MAX_ELEMENTS` logits when every row has every
+    filter off, else of one row, or of at most `MAX_FILTERED_ROWS` rows and
+    `FILTERED_ELEMENTS` logits. ``filters_off``: what the caller knows (None: read from
+    ``values``, one host read for tensors)."""
     from qr_core._array import is_torch_tensor  # noqa: PLC0415
     from qr_core._sync import is_sync_free  # noqa: PLC0415
 
-    del values, filters_off
-    return not (
+    if (
         not is_torch_tensor(logits)
         or logits.device.type != "cpu"
         or logits.ndim != 2
@@ -68,7 +75,30 @@ def full_batch(logits: Any, values: dict[str, object], filters_off: bool | None)
         or logits.requires_grad
         or is_sync_free()
         or str(logits.dtype) not in ("torch.float32", "torch.float64", "torch.bfloat16")
-    )
+    ):
+        return False
+    rows, vocab = (int(n) for n in logits.shape)
+    if rows == 1 or (rows <= MAX_FILTERED_ROWS and rows * vocab <= FILTERED_ELEMENTS):
+        return True
+    return filters_off if filters_off is not None else _all_off(values)
+
+
+#: Each filter's "off" test: top-k 0 or -1, top-p 1, min-p 0.
+_OFF = (("top_k", "le", 0), ("top_p", "ge", 1.0), ("min_p", "le", 0.0))
+
+
+def _all_off(values: dict[str, object]) -> bool:
+    """Whether every row has every filter off (a host read for tensors)."""
+    import torch  # noqa: PLC0415
+
+    for name, op, bound in _OFF:
+        value: Any = values[name]
+        if isinstance(value, torch.Tensor):
+            if value.device.type != "cpu" or not bool(getattr(value, op)(bound).all()):
+                return False
+        elif not bool(np.all(getattr(np.asarray(value, dtype=np.float64), f"__{op}__")(bound))):
+            return False
+    return True
 
 
 def _host_list(value: Any, rows: int) -> list[float]:
