@@ -7,8 +7,10 @@ Run in the vLLM environment: ``python benchmarks/bench_processor.py [--quick] [-
     the full vocabulary (k, p) = (0, 1.0) and for (50, 0.9), against vLLM's own
     sampler on the same logits (temperature, then vLLM's TopKTopPSampler) for
     the same (k, p), against one ``amax`` plus one ``fill_`` pass over the
-    logits, and against one ``exp`` pass; with the compile time the first
-    processor spent at start (``QR_COMPILE``; 0 when off);
+    logits, and against one ``exp`` pass; the step's entropy alone (the fetch with
+    its digests and the amplification, part of the processor's time) against
+    vLLM's sampler; with the compile time the first processor spent at start
+    (``QR_COMPILE``; 0 when off);
 (m) the cost of the Prometheus metrics and drift monitor (``QR_METRICS_PORT`` set)
     on the same per-step time at B ∈ {8, 64}, V = 32000: metrics on and off in the
     same run, each round in a new order so that load hits every processor alike,
@@ -68,19 +70,27 @@ SETTINGS = ((0, 1.0), (50, 0.9))
 
 def per_step(
     quick: bool,
-) -> tuple[list[tuple[int, int, int, float, float, float, float, float]], float]:
+) -> tuple[list[tuple[int, int, int, float, float, float, float, float, float]], float]:
     """Per-step times, and the seconds the first processor spent compiling at start."""
     import torch
 
     # vLLM's sampler needs vLLM's compiled kernels, which an engine loads at start and
     # the processor no longer loads at import (it imports vLLM's penalties lazily).
     import vllm._custom_ops  # noqa: F401
+    from qr_core import AmplifierRegistry
+    from qr_entropy import EntropySourceRegistry
     from qr_vllm import QRSamplerConfig
+    from qr_vllm._fetch import fetch_within
     from qr_vllm.processor import QRSamplerLogitsProcessor
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
     from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
 
+    # The step's entropy alone: the fetch (digests included) and the amplification of
+    # the same rows, as the processor does them with its defaults.
+    source = EntropySourceRegistry.get("system")()
+    amplifier = AmplifierRegistry.build("randomized_pit")
+    row_bytes = amplifier.row_bytes(QRSamplerConfig().sample_count)
     torch.manual_seed(0)
     sizes = [(b, v) for v in (32000, 151936) for b in (1, 8, 64)]
     rows = []
@@ -135,6 +145,10 @@ def per_step(
                     work.copy_(base)
                     torch.exp(work, out=spare)
 
+                def entropy(work: Any = work, base: Any = base, b: int = b) -> None:
+                    work.copy_(base)
+                    amplifier.amplify_batch(fetch_within(source, b, row_bytes).data)
+
                 copy, *times = _best(
                     [
                         lambda work=work, base=base: work.copy_(base),
@@ -142,11 +156,12 @@ def per_step(
                         theirs,
                         amax_fill,
                         exp_pass,
+                        entropy,
                     ],
                     repeat,
                 )
-                t_ours, t_vllm, t_pass, t_exp = (t - copy for t in times)
-                rows.append((top_k, b, v, top_p, t_ours, t_vllm, t_pass, t_exp))
+                t_ours, t_vllm, t_pass, t_exp, t_entropy = (t - copy for t in times)
+                rows.append((top_k, b, v, top_p, t_ours, t_vllm, t_pass, t_exp, t_entropy))
                 proc.close()
     return rows, compile_s
 
@@ -363,14 +378,20 @@ def main() -> None:
     )
     print(
         f"{'k':>3} {'p':>4} {'B':>3} {'V':>7} {'qr-vllm':>9} {'vLLM sampler':>13} {'ratio':>6} "
-        f"{'amax+fill_':>11} {'ratio':>6} {'exp pass':>9} {'ratio':>6}"
+        f"{'amax+fill_':>11} {'ratio':>6} {'exp pass':>9} {'ratio':>6} {'entropy':>8} "
+        f"{'/ vLLM':>7}"
     )
-    for k, b, v, p, ours, vllm_t, one, exp_t in steps:
+    for k, b, v, p, ours, vllm_t, one, exp_t, entropy_t in steps:
         print(
             f"{k:>3} {p:>4} {b:>3} {v:>7} {ours * 1e3:>9.3f} {vllm_t * 1e3:>13.3f} "
             f"{ours / vllm_t:>6.2f} {one * 1e3:>11.3f} {ours / one:>6.1f} "
-            f"{exp_t * 1e3:>9.3f} {ours / exp_t:>6.1f}"
+            f"{exp_t * 1e3:>9.3f} {ours / exp_t:>6.1f} {entropy_t * 1e3:>8.3f} "
+            f"{entropy_t / vllm_t:>7.2f}"
         )
+    print(
+        "entropy: the step's fetch (20,487 bytes/row with its digests) and amplification "
+        "alone, part of qr-vllm's time; / vLLM: that part over vLLM's whole sampler"
+    )
     cost = metrics_cost(args.quick)
     print("\n(m) per-step time with metrics on vs off, ms (V=32000, same run, alternating)")
     print(
