@@ -238,8 +238,10 @@ class TokenSelector:
                 (and ``validate`` is False): the first head is sized from it
                 without reading the device, as if every row were sampled.
             filters_off: Whether every row has top-k, top-p and min-p off, when the
-                caller knows (None: read when it matters). Small full-vocabulary
-                CPU batches then take ``qr_core._full`` (``validate`` False).
+                caller knows (None: read when it matters). Small CPU batches
+                (``validate`` False) take ``qr_core._full``, which decides each row
+                on the host; a batch past the limits for filtered rows only when
+                every filter is off.
 
         Returns:
             The prepared selection, to be finished with ``select(u)``.
@@ -256,7 +258,7 @@ class TokenSelector:
         fused = fused_small(logits)
         full = None
         if not (fused or validate) and full_batch(logits, values, filters_off):
-            full = prepare_full(logits, values)  # every row k = 0, p = 1 (qr_core._full)
+            full = prepare_full(logits, values)  # each row on the host (qr_core._full)
         if full is not None:
             return PreparedSelection(self._backend(logits), full.x, None, 0, None, full=full)
         small = None if fused else small_host_view(logits)
