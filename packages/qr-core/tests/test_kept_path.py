@@ -214,3 +214,25 @@ def test_u_on_a_cumulative_edge_takes_the_next_token() -> None:
     fast = TokenSelector().select_batch(x, u=0.5, validate=False, **params)  # type: ignore[arg-type]
     general = TokenSelector().select_batch(x, u=0.5, **params)  # type: ignore[arg-type]
     assert int(fast.token_id[0]) == int(general.token_id[0]) == 1
+
+
+def test_top_k_of_long_rows_reads_the_tail_past_the_last_chunk() -> None:
+    # A long row's top-k comes from its chunk maxima, and the logits past the last
+    # whole chunk are read on their own: here they hold the largest values.
+    from qr_core._kept import CHUNK
+
+    vocab = SORT_VOCAB * 4 + CHUNK // 2 + 3  # a partial chunk at the end
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, vocab, generator=gen)
+    x[0, -5:] = torch.tensor([9.0, 8.0, 8.0, 7.5, 7.0])
+    x[0, CHUNK - 1] = 8.5  # the last logit of the first chunk
+    t = torch.ones(1, dtype=torch.float64)
+    for k in (1, 3, 4, 6):
+        params = _params(1, k, 1.0, 0.0, t)
+        prepared = prepare_full(x, params)
+        assert isinstance(prepared, PreparedFull)
+        state = prepared._rows[0]
+        assert isinstance(state, Kept)
+        expected = np.flatnonzero(x[0].numpy() >= np.sort(x[0].numpy())[-k])
+        assert sorted(state.ids.tolist()) == expected.tolist(), k
+        _check(x, params, torch.tensor([0.7], dtype=torch.float64))

@@ -6,14 +6,16 @@ candidates that holds that prefix, every candidate above some logit (an *upper
 set*, so ties are whole), orders only the candidates, and applies the filters
 there with the rules and the float64 arithmetic of ``qr_core._filters``:
 
-- top-k: every logit at least the k-th largest (a partial selection);
+- top-k: every logit at least the k-th largest (a partition, or on long rows only
+  the chunks whose maximum reaches the k-th largest chunk maximum);
 - min-p: every token whose weight ``exp((x - top) / T)`` is at least min-p, whose
   logits lie above ``top + T · ln(min_p)`` (taken with a margin, then tested exactly);
 - top-p alone: the whole row's mass, then threshold heads (``qr_core._full``) until
   one holds the top-p cut; rows of at most `SORT_VOCAB` logits are sorted whole.
 
-A row none of these decides with at most `qr_core._full.MAX_HEAD` candidates goes
-to the general path. See ARCHITECTURE.md, design note "Filtered rows on the host".
+A row with more than ``max_head`` candidates (`qr_core._full.MAX_HEAD`), or with
+a maximum that is not finite, goes to the general path. See ARCHITECTURE.md,
+design note "Filtered rows on the host".
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = ["Kept", "kept_row", "pick_kept"]
 #: Rows of at most this many logits are handled whole (partition, or a full sort for
 #: top-p alone); longer ones through a partial selection or threshold heads.
 SORT_VOCAB = 8192
+#: Logits per chunk whose maximum bounds the k-th largest logit of a long row.
+CHUNK = 32
 #: Relative margin on the min-p threshold in logits: covers float32 rounding of the
 #: comparison; the exact test ``z >= min_p`` is made on the candidates.
 _MIN_P_MARGIN = 1e-4
@@ -93,8 +97,11 @@ def kept_row(
 def _top_k_ids(xt: Any, x: np.ndarray, k: int) -> np.ndarray:
     """Ascending ids of every finite logit at least the k-th largest (ties whole)."""
     n = x.size
+    chunks = n // CHUNK
     if n <= SORT_VOCAB:
         kth = np.partition(x, n - k)[n - k]
+    elif k * 2 <= chunks:
+        return _top_k_by_chunks(xt, x, k, chunks)
     else:
         import torch  # noqa: PLC0415 - the row is a torch tensor
 
@@ -108,6 +115,26 @@ def _top_k_ids(xt: Any, x: np.ndarray, k: int) -> np.ndarray:
     if kth == -np.inf:
         return np.flatnonzero(x > -np.inf)
     return np.flatnonzero(x >= kth)
+
+
+def _top_k_by_chunks(xt: Any, x: np.ndarray, k: int, chunks: int) -> np.ndarray:
+    """`_top_k_ids` of a long row from its chunk maxima: the k-th largest chunk maximum
+    is a lower bound of the k-th largest logit (k chunks hold a logit at least that
+    large), so every logit at least the k-th largest lies in a chunk whose maximum
+    reaches the bound, or past the last whole chunk. Only those are read."""
+    whole = chunks * CHUNK
+    chunk_max = xt[:whole].view(chunks, CHUNK).amax(1).numpy()
+    bound = np.partition(chunk_max, chunks - k)[chunks - k]
+    picked = np.flatnonzero(chunk_max >= bound)
+    ids = (picked[:, None] * CHUNK + np.arange(CHUNK)).ravel()
+    if whole < x.size:
+        ids = np.concatenate([ids, np.arange(whole, x.size)])
+    values = x[ids]
+    kth = np.partition(values, values.size - k)[values.size - k]
+    if kth == -np.inf:
+        return np.flatnonzero(x > -np.inf)
+    kept: np.ndarray = ids[values >= kth]  # ascending: chunks in order, then the tail
+    return kept
 
 
 def _walk(
