@@ -12,7 +12,9 @@ Every shell block in README.md carries a marker on the line before it:
   is required.
 
 Python blocks may carry the same markers. Background processes a block starts
-are killed with its process group when it ends.
+are killed with its process group when it ends, failed or not. A block whose
+``qr-entropy check`` rejects its fresh random bytes (about 0.4% of runs for a
+sound source at the default alpha) runs once more.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,29 +175,54 @@ def test_readme_block_runs(block: Block, tmp_path: Path) -> None:
     else:
         shutil.which("bash") or pytest.fail("bash is needed to run the README's blocks")
         command = ["bash", "-euo", "pipefail", "-c", block.code]
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: background jobs die with it
-    )
     try:
-        output, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{block} did not finish in {BLOCK_TIMEOUT_S} s:\n{output[-4000:]}")
+        returncode, output = _run(command, cwd, block)
+        if returncode != 0 and STATISTICAL_FAIL in output:
+            # `qr-entropy check` judges fresh random bytes at alpha = 0.001 per test, so a
+            # sound source fails it in about 0.4% of runs: one rerun on new bytes. A source
+            # that is really biased fails both.
+            returncode, output = _run(command, cwd, block)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
         if cwd == REPO_ROOT:
             for path in set(REPO_ROOT.iterdir()) - before:
                 if path.is_file() and not _tracked(path):
                     path.unlink()
-    assert process.returncode == 0, f"{block} failed ({process.returncode}):\n{output[-6000:]}"
+    assert returncode == 0, f"{block} failed ({returncode}):\n{output[-6000:]}"
+
+
+#: What `qr-entropy check` prints when one of its statistical tests rejects.
+STATISTICAL_FAIL = "overall: FAIL"
+
+
+def _run(command: list[str], cwd: Path, block: Block) -> tuple[int, str]:
+    """Run ``command`` in its own process group; its exit status and output.
+
+    The output goes to a file, not a pipe: a background job the block started and did
+    not stop (it failed before its ``kill``) would hold a pipe open and keep the
+    test waiting for its end. The group is ended as soon as the block's shell exits.
+    """
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=_environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: background jobs die with it
+        )
+        try:
+            returncode = process.wait(timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            log.seek(0)
+            pytest.fail(f"{block} did not finish in {BLOCK_TIMEOUT_S} s:\n{log.read()[-4000:]}")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        log.seek(0)
+        return returncode, log.read()
 
 
 def _tracked(path: Path) -> bool:
@@ -206,3 +234,14 @@ def _tracked(path: Path) -> bool:
         check=False,
     )
     return result.returncode == 0
+
+
+@pytest.mark.timeout(120)  # the background job below would hold a pipe for 300 s
+def test_a_failed_block_does_not_wait_for_its_background_jobs(tmp_path: Path) -> None:
+    # The block fails before it stops its server: its output comes back at once and
+    # the server goes with the block's process group (it would hold a pipe for 300 s).
+    block = Block(0, "bash", "sleep 300 &\necho started\nfalse\nkill %1", "<!-- test: run -->")
+    command = ["bash", "-euo", "pipefail", "-c", block.code]
+    returncode, output = _run(command, tmp_path, block)
+    assert returncode == 1
+    assert output == "started\n"
