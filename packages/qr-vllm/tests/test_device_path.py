@@ -472,3 +472,29 @@ def test_raw_logprobs_modes_are_served(mode: str) -> None:
         False,
         config=QRSamplerConfig(entropy_source_type="mock_uniform"),
     ).close()
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host", "ring"])
+def test_step_stats_take_bfloat16_columns(on_device: bool) -> None:
+    """A strategy from another package may report temperature and entropy in bfloat16
+    (the built-in ones use float32 or float64): both ways of writing the record columns
+    convert them, where ``Tensor.numpy`` alone would refuse bfloat16."""
+    from qr_vllm._device import HostRing, step_stats
+
+    rows = 3
+    ids = torch.tensor([5, 0, 7])
+    temperature = torch.tensor([0.5, 0.75, 1.25], dtype=torch.bfloat16)  # exact in bfloat16
+    entropy = torch.tensor([2.5, 0.0, 3.0], dtype=torch.bfloat16)
+    columns = [ids, ids * 0, torch.tensor([0.25, 1.0, 0.5], dtype=torch.float64), ids + 1]
+    out = np.full((rows, 6), np.nan)
+    ring = None
+    if on_device:
+        ring = HostRing(torch.device("cpu"), pin_memory=False)
+        ring.reserve(rows)
+    pending = step_stats([*columns, temperature, entropy], out, ring)
+    if pending is not None:
+        out[:] = pending.wait()
+    expected = np.array(
+        [[5, 0, 0.25, 6, 0.5, 2.5], [0, 0, 1.0, 1, 0.75, 0.0], [7, 0, 0.5, 8, 1.25, 3.0]]
+    )
+    np.testing.assert_array_equal(out, expected)

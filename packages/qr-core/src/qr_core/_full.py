@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from qr_core._array import Backend
-from qr_core._kept import Kept, kept_row, pick_kept
+from qr_core._kept import Kept, canonical, kept_row, pick_kept
 
 __all__ = ["PreparedFull", "full_batch", "prepare_full"]
 
@@ -213,19 +213,18 @@ def head_ids(row: _Row, threshold: float) -> np.ndarray:
 def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
     """Token, rank and probability of ``row`` at ``target`` (u times the row's total)
     from a threshold head, or None when no head of `HEAD_SPANS` holds the target."""
-    x, z = row.x, row.z
+    x = row.x
     for span in HEAD_SPANS:
         # Every logit within span·T of the maximum: a prefix of the canonical order.
         threshold = float(np.exp(-span))
         ids = head_ids(row, threshold)
         if ids.size > MAX_HEAD:
             return None
-        if float(np.sum(z[ids], dtype=np.float64)) <= target:
+        if float(np.sum(row.z[ids], dtype=np.float64)) <= target:
             continue
-        values = x[ids]
-        order = np.argsort(-values, kind="stable")  # ids ascending already: ties to the lower id
-        ids = ids[order]
-        weights = np.exp((values[order].astype(np.float64) - row.top) * row.inv_t)
+        ids, head = canonical(x, ids)
+        # Scaled by 1/T, as the general path's full-vocabulary walk (qr_core._locate) does.
+        weights = np.exp((head - row.top) * row.inv_t)
         cum = np.cumsum(weights)
         if not target < cum[-1]:
             continue  # the float64 head mass fell short of the float32 sum's verdict

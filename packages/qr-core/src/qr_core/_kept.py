@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Kept", "kept_row", "pick_kept"]
+__all__ = ["Kept", "canonical", "kept_row", "pick_kept"]
 
 #: Rows of at most this many logits are handled whole (partition, or a full sort for
 #: top-p alone); longer ones through a partial selection or threshold heads.
@@ -137,6 +137,16 @@ def _top_k_by_chunks(xt: Any, x: np.ndarray, k: int, chunks: int) -> np.ndarray:
     return kept
 
 
+def canonical(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ``ids`` (ascending) in canonical order, with their logits as float64.
+
+    A stable sort by logit descending: equal logits keep their ascending ids.
+    """
+    values = x[ids]
+    order = np.argsort(-values, kind="stable")
+    return ids[order], values[order].astype(np.float64)
+
+
 def _walk(
     x: np.ndarray,
     ids: np.ndarray,
@@ -151,11 +161,8 @@ def _walk(
     """Order the candidates ``ids`` (ascending) and apply the filters: qr_core._filters'
     rules. ``mass``: the row's whole mass for top-p alone on a head, else None (the
     candidates hold every token min-p and top-k keep, or the whole row)."""
-    values = x[ids]
-    order = np.argsort(-values, kind="stable")  # ids ascending already: ties to the lower id
-    ids = ids[order]
-    head = values[order].astype(np.float64)
-    z = np.exp((head - top) / temperature)
+    ids, head = canonical(x, ids)
+    z = np.exp((head - top) / temperature)  # divided by T, as qr_core._filters does
     cum = np.cumsum(z)
     kept = ids.size
     if min_p > 0:
@@ -185,8 +192,10 @@ def _top_p_alone(
         ids = head_ids(state, float(np.exp(-span)))
         if ids.size > head:
             return None
+        # The row's single-precision weights, already at hand, tell a head short of the
+        # cut (with room for rounding) without sorting it; the walk weighs in float64.
         if float(np.sum(state.z[ids], dtype=np.float64)) < top_p * state.total * (1 - 1e-6):
-            continue  # the head is short of the cut (with room for rounding)
+            continue
         kept = _walk(
             x, ids, top, temperature=temperature, top_k=0, top_p=top_p, min_p=0.0, mass=state.total
         )
