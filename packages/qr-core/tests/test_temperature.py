@@ -146,3 +146,24 @@ def test_registry_builds_each_strategy_from_one_config() -> None:
     assert edt.edt_base_temp == 1.1
     assert "edt_base_temp=1.1" in repr(edt)
     assert "0.3" in repr(fixed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_entropy_is_the_block_entropy_bit_for_bit(dtype: type) -> None:
+    """The shortcut for small host arrays (`_host_entropy`) does the same operations in
+    the same dtype as the backend's `_entropy_block`: equal results, not merely close,
+    with banned (-inf) tokens, one-hot rows and large logits."""
+    from qr_core._array import Backend
+    from qr_core.temperature import _entropy_block, _host_entropy
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((6, 1000)) * rng.uniform(0.1, 40, (6, 1))).astype(dtype)
+    x[1, rng.choice(1000, 400, replace=False)] = -np.inf
+    x[2] = -np.inf
+    x[2, 17] = 3.0  # one finite token: entropy 0
+    x[3] += dtype(1e4)
+    got = _host_entropy(x)
+    want = _entropy_block(Backend(), x, np.empty_like(x), np.empty_like(x))
+    assert got.dtype == want.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+    assert got[2] == 0

@@ -69,7 +69,7 @@ class ByteSumCDF:
         Returns:
             Two float64 arrays shaped like ``s``.
         """
-        i = np.clip(s - self.lo, 0, self.hi - self.lo)
+        i = np.minimum(np.maximum(s - self.lo, 0), self.hi - self.lo)  # np.clip, in fewer calls
         return self.cdf[i], self.cdf[i + 1]
 
     def at(self, s: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:

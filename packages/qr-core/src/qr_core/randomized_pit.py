@@ -113,7 +113,8 @@ class RandomizedPITAmplifier(SignalAmplifier):
         """
         below, at = byte_sum_cdf(n).below_and_at(sums.astype(np.int64))
         u = np.minimum(below + v * (at - below), at)
-        return np.clip(u, PIT_EDGE, 1.0 - PIT_EDGE)
+        clamped: np.ndarray = np.minimum(np.maximum(u, PIT_EDGE), 1.0 - PIT_EDGE)
+        return clamped
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(population_std={self.population_std!r})"

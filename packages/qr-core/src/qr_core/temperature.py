@@ -125,13 +125,17 @@ def _host_entropy(x: np.ndarray) -> np.ndarray:
         return checked  # not reached: the checks raise
     with np.errstate(all="ignore"):  # exp underflow is expected
         shifted = np.subtract(x, row_max[:, None])
-        np.maximum(shifted, np.finfo(x.dtype).min, out=shifted)  # -inf: weight 0, not NaN
+        np.maximum(shifted, _LOWEST[x.dtype.itemsize], out=shifted)  # -inf: weight 0, not NaN
         weights = np.exp(shifted)
         mass = np.sum(weights, axis=1)
         weighted = np.sum(np.multiply(shifted, weights, out=shifted), axis=1)
         entropy = np.log(mass) - weighted / mass
-    result: np.ndarray = np.maximum(entropy, np.zeros(1, entropy.dtype))
+    result: np.ndarray = np.maximum(entropy, 0.0)
     return result
+
+
+#: The lowest finite value of float32 and float64, by item size.
+_LOWEST = {4: np.finfo(np.float32).min, 8: np.finfo(np.float64).min}
 
 
 def _np_dtype(x: Any) -> Any:

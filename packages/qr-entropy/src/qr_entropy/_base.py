@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -211,7 +210,9 @@ class EntropySource(ABC):
             )
         return total
 
-    def _seal(self, data: bytes, expected: int, started_ns: int, device_id: str) -> Provenance:
+    def _checked(self, data: bytes, expected: int) -> tuple[int, HealthStatus]:
+        """Check the length of ``data`` and health-test it; when it was received, and the
+        health of its bytes."""
         received_ns = time.monotonic_ns()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise EntropyUnavailableError(
@@ -228,14 +229,7 @@ class EntropySource(ABC):
             # FallbackEntropySource engages and flags the fetch.
             self.health_monitor.test_block(np.frombuffer(data, dtype=np.uint8))
             health = HealthStatus.OK
-        return Provenance(
-            source=self.name,
-            is_fallback=False,
-            generated_at_ns=received_ns,
-            health=health,
-            device_id=device_id,
-            fetch_latency_ns=received_ns - started_ns,
-        )
+        return received_ns, health
 
     def seal_block(
         self,
@@ -268,11 +262,16 @@ class EntropySource(ABC):
             EntropyUnavailableError: ``data`` has the wrong length.
             HealthTestFailure: the bytes failed a continuous health test.
         """
-        provenance = self._seal(data, rows * n, started_ns, device_id)
+        received_ns, health = self._checked(data, rows * n)
         array = np.frombuffer(bytes(data), dtype=np.uint8).reshape(rows, n)
         # Digested after the length and health checks, from the array the caller gets.
-        provenance = dataclasses.replace(
-            provenance,
+        provenance = Provenance(
+            source=self.name,
+            is_fallback=False,
+            generated_at_ns=received_ns,
+            health=health,
+            device_id=device_id,
+            fetch_latency_ns=received_ns - started_ns,
             row_digests=row_digests(array),
             sequence_id=sequence_id,
             generation_timestamp_ns=generation_timestamp_ns,
@@ -292,8 +291,16 @@ class EntropySource(ABC):
         total = self.check_request(1, n)
         started_ns = time.monotonic_ns()
         data = self.get_random_bytes(total)
-        provenance = self._seal(data, total, started_ns, self.device_id)
-        provenance = dataclasses.replace(provenance, row_digests=(row_digest(data),))
+        received_ns, health = self._checked(data, total)
+        provenance = Provenance(
+            source=self.name,
+            is_fallback=False,
+            generated_at_ns=received_ns,
+            health=health,
+            device_id=self.device_id,
+            fetch_latency_ns=received_ns - started_ns,
+            row_digests=(row_digest(data),),
+        )
         return EntropyFetch(data=bytes(data), provenance=provenance)
 
     def fetch_block(self, rows: int, n: int) -> EntropyBlock:

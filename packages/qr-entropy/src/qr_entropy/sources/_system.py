@@ -55,6 +55,8 @@ class SystemEntropySource(EntropySource):
     def get_random_bytes(self, n: int) -> bytes:
         """Return ``n`` bytes from ``os.urandom`` (in parallel parts when ``n`` is large)."""
         total = self.check_request(1, n)
+        if total < 2 * PARALLEL_PART_BYTES:  # one part: no need to ask for the CPUs
+            return os.urandom(total)
         parts = min(MAX_READERS, _usable_cpus(), total // PARALLEL_PART_BYTES)
         if parts < 2:
             return os.urandom(total)
