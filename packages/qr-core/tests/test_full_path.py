@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from qr_core import TokenSelector
+from qr_core import TokenSelector, _full
 from qr_core._full import (
     MAX_ELEMENTS,
     MAX_FILTERED_ROWS,
@@ -65,6 +65,7 @@ def _same(
     assert fast.num_candidates.tolist() == general.num_candidates.tolist()  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("route", ["heads", "buckets"])
 @settings(max_examples=60, deadline=None)
 @given(
     rows=st.integers(1, MAX_ROWS),
@@ -76,6 +77,7 @@ def _same(
     u_edge=st.sampled_from([None, 1e-12, 1 - 1e-12]),
 )
 def test_the_fast_path_chooses_the_general_paths_token(  # noqa: PLR0917 - hypothesis
+    route: str,
     rows: int,
     vocab: int,
     scale: float,
@@ -94,13 +96,73 @@ def test_the_fast_path_chooses_the_general_paths_token(  # noqa: PLR0917 - hypot
         u[0] = u_edge
     temps = torch.full((rows,), temperature, dtype=torch.float64)
     assert full_batch(x, {"temperature": temps, **_OFF}, None)
-    general, fast = _both(x, temps, u)
+    with pytest.MonkeyPatch.context() as patch:
+        if route == "buckets":  # no threshold head: every row is located by bucket mass
+            patch.setattr(_full, "HEAD_SPANS", ())
+        general, fast = _both(x, temps, u)
     _same(x, [temperature] * rows, u, general, fast)
 
 
-def test_a_flat_row_goes_to_the_buckets_and_keeps_id_order() -> None:
+class _GeneralRows:
+    """Counts the rows `PreparedFull` hands to the general path."""
+
+    def __init__(self, patch: pytest.MonkeyPatch) -> None:
+        self.rows = 0
+        general = PreparedFull._general
+
+        def counted(prepared: PreparedFull, xp: object, rows: torch.Tensor, u: object) -> object:
+            self.rows += int(rows.numel())
+            return general(prepared, xp, rows, u)  # type: ignore[arg-type]
+
+        patch.setattr(PreparedFull, "_general", counted)
+
+
+def test_rows_past_their_heads_are_located_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows as flat as N(0, 3²) logits at T = 0.7, whose u often falls past the widest
+    head that fits, are decided by the host's buckets, never by the general path, with
+    the general path's tokens."""
+    spy = _GeneralRows(monkeypatch)
+    gen = torch.Generator().manual_seed(5)
+    for vocab in (32000, 151936):
+        x = torch.randn(1, vocab, generator=gen) * 3
+        for u_value in np.linspace(0.0005, 0.9995, 120):
+            u = torch.tensor([u_value], dtype=torch.float64)
+            general, fast = _both(x, 0.7, u)
+            _same(x, [0.7], u, general, fast)
+    assert spy.rows == 0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [_OFF, {"top_k": 50, "top_p": 0.9, "min_p": 0.0}, {"top_k": 0, "top_p": 0.5, "min_p": 0.1}],
+)
+@pytest.mark.parametrize("bad", ["nan", "inf", "all -inf"])
+def test_bad_logits_without_validation_give_an_in_range_token(
+    params: dict[str, float], bad: str
+) -> None:
+    """``validate=False`` promises unspecified but in-range tokens for bad values, never
+    an error: rows with NaN, +inf or no finite logit go to the general path."""
+    x = torch.randn(3, 5000)
+    if bad == "all -inf":
+        x[1] = float("-inf")
+    else:
+        x[1, 7] = float(bad)
+    u = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64)
+    with torch.inference_mode():
+        result = TokenSelector().select_batch(x, temperature=0.7, u=u, validate=False, **params)
+        good = TokenSelector().select_batch(x[[0, 2]], temperature=0.7, u=u[[0, 2]], **params)
+    tokens = result.token_id.tolist()
+    assert 0 <= tokens[1] < 5000
+    assert [tokens[0], tokens[2]] == good.token_id.tolist()
+
+
+def test_a_flat_row_goes_to_the_buckets_and_keeps_id_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Every logit equal: each head is the whole row (wider than MAX_HEAD), so the row
-    # goes to the general path (its bucket pass); the canonical order is the id order.
+    # is located by the host's buckets (one bucket holds it all); the canonical order
+    # is the id order.
+    spy = _GeneralRows(monkeypatch)
     x = torch.zeros(2, 32000)
     assert x.shape[1] > MAX_HEAD
     u = torch.tensor([0.25, 0.999_999], dtype=torch.float64)
@@ -108,11 +170,14 @@ def test_a_flat_row_goes_to_the_buckets_and_keeps_id_order() -> None:
     assert fast.token_id.tolist() == [8000, 31999] == general.token_id.tolist()
     assert fast.token_rank.tolist() == [8000, 31999]
     np.testing.assert_allclose(fast.token_prob.numpy(), 1 / 32000)
+    assert spy.rows == 0
 
 
-def test_u_in_the_far_tail_sorts_the_row_whole() -> None:
+def test_u_in_the_far_tail_sorts_the_row_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     # One token holds all but ~2e-11 of the mass; the rest lie 35 below it (past the
-    # buckets' span): a u beyond the top token's mass lands in the far tail.
+    # buckets' span): a u beyond the top token's mass lands in the far tail, which
+    # only the general path orders.
+    spy = _GeneralRows(monkeypatch)
     x = torch.full((2, 32000), -35.0)
     x[:, 3] = 0.0
     x[1, 10] = -36.0
@@ -120,6 +185,7 @@ def test_u_in_the_far_tail_sorts_the_row_whole() -> None:
     general, fast = _both(x, 1.0, u)
     assert fast.token_id.tolist() == general.token_id.tolist() == [31849, 3]
     assert fast.token_rank.tolist() == general.token_rank.tolist()
+    assert spy.rows == 1
 
 
 def test_what_the_fast_path_takes() -> None:

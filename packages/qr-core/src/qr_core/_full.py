@@ -12,22 +12,26 @@ view, by what its parameters need:
   of the top's (`HEAD_SPANS`), is an upper set of the logits and so a prefix of
   the canonical order, ties whole; the first whose mass exceeds ``u · total`` is
   sorted (logit descending, ids ascending) and walked, which decides the row exactly;
+  when u lies past every head that fits, the buckets of ``qr_core._locate``, on
+  the host, locate it (`_in_buckets`);
 - a filter on: the kept prefix of ``qr_core._kept``, found before u.
 
-Rows neither decides (rare: nearly flat rows) go through the general path of
-``qr_core._head``, all of them at once: its head, the bucket pass of
-``qr_core._locate``, and a sort for far-tail rows. See ARCHITECTURE.md, design
-notes "Full-vocabulary rows" and "Filtered rows on the host".
+Rows neither decides (u in the far tail, NaN or +inf logits, filtered rows with
+too many candidates) go through the general path of ``qr_core._head``, all of
+them at once. See ARCHITECTURE.md, design notes "Full-vocabulary rows" and
+"Filtered rows on the host".
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from qr_core._array import Backend
 from qr_core._kept import Kept, canonical, kept_row, pick_kept
+from qr_core._locate import BUCKET_WIDTH, BUCKETS
 
 __all__ = ["PreparedFull", "full_batch", "prepare_full"]
 
@@ -167,15 +171,18 @@ def _state(xt: Any, temperature: float, top_k: float, top_p: float, min_p: float
     )
 
 
-def _row_state(xt: Any, temperature: float) -> _Row:
+def _row_state(xt: Any, temperature: float) -> _Row | None:
     """A row's maximum, weights ``exp((x - max) / T)`` with their total (float64), its
     chunk maxima and its finite count. Reductions in torch (vectorised, float64
-    accumulation), the weights in place in one numpy array."""
+    accumulation), the weights in place in one numpy array. None for a row with NaN,
+    +inf or no finite logit: the general path gives it its (unspecified) token."""
     import torch  # noqa: PLC0415
 
     x = xt.numpy()
     inv_t = 1.0 / temperature
     low, high = (float(v) for v in torch.aminmax(xt))
+    if not math.isfinite(high) or math.isnan(low):
+        return None
     top = high
     with np.errstate(under="ignore"):
         z = np.subtract(x, x.dtype.type(top))
@@ -233,6 +240,34 @@ def _in_head(row: _Row, target: float) -> tuple[int, int, float] | None:
     return None
 
 
+def _in_buckets(row: _Row, target: float) -> tuple[int, int, float] | None:
+    """`_in_head` for a row no head decides: the general path's buckets (qr_core._locate)
+    on the host. Each token goes to bucket ``floor((top - x) / T / BUCKET_WIDTH)`` (the
+    last one gathers the far tail), which falls as the logit rises, so a bucket holds a
+    stretch of the canonical order, ties whole. The buckets' masses locate the target;
+    only that bucket's tokens are ordered and walked. None when the target lies in the
+    far tail (the general path sorts that row)."""
+    x = row.x
+    with np.errstate(all="ignore"):  # -inf logits: d = inf, the far tail
+        d = np.subtract(x.dtype.type(row.top), x)
+        d *= x.dtype.type(row.inv_t / BUCKET_WIDTH)
+        bucket = np.minimum(d, BUCKETS - 1).astype(np.int64)
+    cum = np.cumsum(np.bincount(bucket, weights=row.z, minlength=BUCKETS))
+    chosen = min(int(np.count_nonzero(cum <= target)), int(np.count_nonzero(cum < cum[-1])))
+    if chosen >= BUCKETS - 1:
+        return None
+    ids, head = canonical(x, np.flatnonzero(bucket == chosen))
+    # Scaled by 1/T, as the general path's full-vocabulary walk (qr_core._locate) does.
+    weights = np.exp((head - row.top) * row.inv_t)
+    walk = np.cumsum(weights)
+    walk += float(cum[chosen - 1]) if chosen else 0.0
+    # Never past the bucket's last token that adds mass (target within rounding of its end).
+    last = max(int(np.count_nonzero(weights > 0)) - 1, 0)
+    index = min(int(np.count_nonzero(walk <= target)), last)
+    rank = int(np.count_nonzero(bucket < chosen)) + index
+    return int(ids[index]), rank, float(weights[index]) / row.total
+
+
 def _pick(x: Any, i: int, row: _State, u: float) -> tuple[int, int, float, int] | None:
     """Row ``i``'s token, rank, probability and candidate count at u, or None (general path)."""
     if row is None:
@@ -241,7 +276,10 @@ def _pick(x: Any, i: int, row: _State, u: float) -> tuple[int, int, float, int] 
         return pick_kept(row, u)
     if isinstance(row, str):  # greedy: np.argmax takes the first (lowest id) of tied maxima
         return int(np.argmax(x[i].numpy())), 0, 1.0, 1
-    found = _in_head(row, u * row.total)
+    target = u * row.total
+    found = _in_head(row, target)
+    if found is None:
+        found = _in_buckets(row, target)
     return None if found is None else (*found, row.finite)
 
 

@@ -88,6 +88,8 @@ def kept_row(
             ids = np.flatnonzero(x > -np.inf)
         else:
             state = full_state(xt)
+            if state is None:  # pragma: no cover - a non-finite maximum returned above
+                return None
             return _top_p_alone(x, state, top, temperature=temperature, top_p=top_p, head=max_head)
     if ids.size > max_head:
         return None
