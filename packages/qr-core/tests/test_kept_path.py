@@ -236,3 +236,27 @@ def test_top_k_of_long_rows_reads_the_tail_past_the_last_chunk() -> None:
         expected = np.flatnonzero(x[0].numpy() >= np.sort(x[0].numpy())[-k])
         assert sorted(state.ids.tolist()) == expected.tolist(), k
         _check(x, params, torch.tensor([0.7], dtype=torch.float64))
+
+
+def test_a_token_exactly_at_min_p_is_kept() -> None:
+    """A weight exactly min-p is kept (``z >= min_p``): the candidates' threshold in
+    logits, ``top + T·ln(min_p)``, rounds either way, and its margin must still hold
+    the token, in a batch of two rows and in each row alone."""
+    t = 0.5
+    min_p = float(np.exp(np.float64(-2.0) / t))  # the weight of a logit 2 below the top
+    x = torch.tensor([[0.0, -2.0, -2.5, -9.0, -9.5], [1.0, -1.0, -2.0, -8.0, -9.0]])
+    params = {
+        "temperature": torch.full((2,), t, dtype=torch.float64),
+        "top_k": torch.full((2,), 4),
+        "top_p": torch.ones(2, dtype=torch.float64),
+        "min_p": torch.full((2,), min_p, dtype=torch.float64),
+    }
+    u = torch.tensor([0.999, 0.999], dtype=torch.float64)
+    both = TokenSelector().select_batch(x, u=u, validate=False, **params)  # type: ignore[arg-type]
+    assert both.num_candidates.tolist() == [2, 2]
+    assert both.token_id.tolist() == [1, 1]
+    for r in range(2):
+        one = {k: v[r : r + 1] for k, v in params.items()}
+        alone = TokenSelector().select_batch(x[r : r + 1], u=u[r : r + 1], validate=False, **one)  # type: ignore[arg-type]
+        assert alone.num_candidates.tolist() == [2]
+    _check(x, params, u)
